@@ -1,0 +1,317 @@
+"""Profiles: the one place where every size in the book is set.
+
+Three profiles share all code and differ only in sizes:
+
+* ``mini`` -- CI and a first reading on a 2-core laptop: tiny images, few frames,
+  small networks, a few hundred iterations. Every chapter in about a minute.
+* ``cpu``  -- a laptop session: results good enough to see each effect.
+* ``gpu``  -- one CUDA GPU at NPGA's evaluation resolution (550 x 802) with gsplat.
+
+Select a profile by name (``get_profile("cpu")``), by the notebook parameter
+``profile``, or by the environment variable ``NPGA_PROFILE``. ``gpu`` is never
+chosen implicitly: it must be asked for by name.
+
+Each section is a frozen dataclass, so a profile can be varied for an experiment
+with :func:`dataclasses.replace` without touching the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, is_dataclass, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILE_NAMES = ("mini", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Synthetic capture (SynthHead) and the processed dataset layout."""
+
+    width: int  # image width in pixels (portrait, NeRSemble aspect 2200:3208)
+    height: int  # image height in pixels
+    participants: int  # participants written by data_scripts/make_synthetic.py
+    sequences: tuple[str, ...]  # sequence names, NeRSemble-style
+    heldout_sequence: str  # for self-reenactment
+    frames_per_sequence: int
+    supersample: int  # anti-aliasing factor of the ground-truth mesh renderer
+    mesh_resolution: int  # angular resolution of the procedural head mesh
+    scan_identities: int  # identities exported as registered "scans" for head models
+    scan_expressions: int  # expressions per scan identity
+    fps: float = 24.0
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Gaussian rasterizer settings."""
+
+    backend: str = "auto"  # "auto" | "torch" | "gsplat"
+    tile_size: int = 16
+
+
+@dataclass(frozen=True)
+class StaticFitConfig:
+    """Static fit of one frame (chapter 2)."""
+
+    iterations: int
+    n_init_gaussians: int
+    densify_from: int
+    densify_until: int
+    densify_every: int
+    opacity_reset_every: int
+    max_gaussians: int
+
+
+@dataclass(frozen=True)
+class HeadModelConfig:
+    """Linear 3DMM and the small neural parametric head model (chapter 3)."""
+
+    id_dims: int
+    exp_dims: int
+    hidden: int  # width of the SDF and deformation MLPs
+    layers: int  # depth of the MLPs
+    iterations: int
+    samples_per_step: int
+
+
+@dataclass(frozen=True)
+class DeformConfig:
+    """Forward deformation field distilled by cycle consistency (chapter 4)."""
+
+    hidden: int
+    layers: int
+    iterations: int
+    samples_per_step: int
+
+
+@dataclass(frozen=True)
+class AvatarConfig:
+    """The NPGA avatar and its trainer (chapters 5-8)."""
+
+    n_gaussians: int
+    feature_dim: int  # per-Gaussian latent feature size (0 = vanilla)
+    detail_hidden: int
+    iterations: int
+    batch_cameras: int
+    knn_k: int
+    cnn_channels: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    seed: int
+    data: DataConfig
+    render: RenderConfig
+    static_fit: StaticFitConfig
+    head_model: HeadModelConfig
+    deform: DeformConfig
+    avatar: AvatarConfig
+    device: str = "cpu"
+
+    @property
+    def data_root(self) -> Path:
+        """Where this profile's synthetic dataset lives (``NPGA_DATA`` overrides)."""
+        env = os.environ.get("NPGA_DATA")
+        return Path(env) if env else REPO_ROOT / "data" / "synthetic" / self.name
+
+    @property
+    def cache_root(self) -> Path:
+        """Where trained models (head models, priors, avatars) for this profile go."""
+        env = os.environ.get("NPGA_CACHE")
+        return Path(env) if env else REPO_ROOT / "data" / "models" / self.name
+
+
+_MINI_SEQUENCES = ("EXP-2-eyes", "EXP-4-lips", "EXP-8-jaw-1", "FREE")
+_FULL_SEQUENCES = (
+    "EXP-1-head",
+    "EXP-2-eyes",
+    "EXP-3-cheeks+nose",
+    "EXP-4-lips",
+    "EXP-5-mouth",
+    "EXP-8-jaw-1",
+    "EMO-1",
+    "EMO-2",
+    "SEN-01",
+    "FREE",
+)
+
+_PROFILES: dict[str, Profile] = {
+    "mini": Profile(
+        name="mini",
+        seed=0,
+        data=DataConfig(
+            width=88,
+            height=128,
+            participants=2,
+            sequences=_MINI_SEQUENCES,
+            heldout_sequence="FREE",
+            frames_per_sequence=6,
+            supersample=2,
+            mesh_resolution=48,
+            scan_identities=8,
+            scan_expressions=20,
+        ),
+        render=RenderConfig(backend="auto", tile_size=16),
+        static_fit=StaticFitConfig(
+            iterations=300,
+            n_init_gaussians=3000,
+            densify_from=50,
+            densify_until=250,
+            densify_every=50,
+            opacity_reset_every=1000,
+            max_gaussians=8000,
+        ),
+        head_model=HeadModelConfig(
+            id_dims=8, exp_dims=12, hidden=96, layers=4, iterations=600, samples_per_step=2048
+        ),
+        deform=DeformConfig(hidden=96, layers=4, iterations=600, samples_per_step=2048),
+        avatar=AvatarConfig(
+            n_gaussians=3000,
+            feature_dim=8,
+            detail_hidden=64,
+            iterations=300,
+            batch_cameras=2,
+            knn_k=8,
+            cnn_channels=16,
+        ),
+    ),
+    "cpu": Profile(
+        name="cpu",
+        seed=0,
+        data=DataConfig(
+            width=176,
+            height=256,
+            participants=8,
+            sequences=_FULL_SEQUENCES,
+            heldout_sequence="FREE",
+            frames_per_sequence=24,
+            supersample=3,
+            mesh_resolution=96,
+            scan_identities=12,
+            scan_expressions=60,
+        ),
+        render=RenderConfig(backend="auto", tile_size=16),
+        static_fit=StaticFitConfig(
+            iterations=2000,
+            n_init_gaussians=10000,
+            densify_from=200,
+            densify_until=1500,
+            densify_every=100,
+            opacity_reset_every=1000,
+            max_gaussians=40000,
+        ),
+        head_model=HeadModelConfig(
+            id_dims=16, exp_dims=16, hidden=192, layers=6, iterations=4000, samples_per_step=8192
+        ),
+        deform=DeformConfig(hidden=192, layers=6, iterations=4000, samples_per_step=8192),
+        avatar=AvatarConfig(
+            n_gaussians=15000,
+            feature_dim=16,
+            detail_hidden=128,
+            iterations=3000,
+            batch_cameras=2,
+            knn_k=8,
+            cnn_channels=32,
+        ),
+    ),
+    "gpu": Profile(
+        name="gpu",
+        seed=0,
+        data=DataConfig(
+            width=550,
+            height=802,
+            participants=8,
+            sequences=_FULL_SEQUENCES,
+            heldout_sequence="FREE",
+            frames_per_sequence=60,
+            supersample=3,
+            mesh_resolution=192,
+            scan_identities=20,
+            scan_expressions=100,
+        ),
+        render=RenderConfig(backend="auto", tile_size=16),
+        static_fit=StaticFitConfig(
+            iterations=15000,
+            n_init_gaussians=50000,
+            densify_from=500,
+            densify_until=12000,
+            densify_every=100,
+            opacity_reset_every=3000,
+            max_gaussians=250000,
+        ),
+        head_model=HeadModelConfig(
+            id_dims=32, exp_dims=32, hidden=400, layers=6, iterations=30000, samples_per_step=32768
+        ),
+        deform=DeformConfig(hidden=400, layers=6, iterations=30000, samples_per_step=32768),
+        avatar=AvatarConfig(
+            n_gaussians=100000,
+            feature_dim=32,
+            detail_hidden=256,
+            iterations=60000,
+            batch_cameras=4,
+            knn_k=8,
+            cnn_channels=64,
+        ),
+        device="cuda",
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """Return the profile called ``name``, else ``$NPGA_PROFILE``, else ``mini``.
+
+    ``gpu`` is returned only when asked for by name (argument or environment).
+    """
+    chosen = name or os.environ.get("NPGA_PROFILE") or "mini"
+    if chosen not in _PROFILES:
+        raise ValueError(
+            f"unknown profile {chosen!r}: choose one of {', '.join(PROFILE_NAMES)} "
+            "(argument, notebook parameter `profile`, or NPGA_PROFILE)"
+        )
+    return _PROFILES[chosen]
+
+
+def with_overrides(profile: Profile, **sections: dict) -> Profile:
+    """A copy of ``profile`` with some fields of some sections replaced.
+
+    ``with_overrides(p, static_fit={"iterations": 50})``
+    """
+    changes = {}
+    for section, values in sections.items():
+        current = getattr(profile, section)
+        if is_dataclass(current):
+            changes[section] = replace(current, **values)
+        else:
+            changes[section] = values
+    return replace(profile, **changes)
+
+
+def numeric_sizes(obj, prefix: str = "") -> dict[str, float]:
+    """Flatten every int/float field of a profile into ``{"section.field": value}``."""
+    out: dict[str, float] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out.update(numeric_sizes(value, key + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
+__all__ = [
+    "PROFILE_NAMES",
+    "REPO_ROOT",
+    "AvatarConfig",
+    "DataConfig",
+    "DeformConfig",
+    "HeadModelConfig",
+    "Profile",
+    "RenderConfig",
+    "StaticFitConfig",
+    "get_profile",
+    "numeric_sizes",
+    "with_overrides",
+]

@@ -1,0 +1,87 @@
+"""Atomic file writing: nothing is ever left half-written.
+
+Every writer in the package goes through :func:`atomic_write`: the content is
+written to a temporary file in the destination folder and then renamed over the
+target, which is atomic on POSIX file systems. A crash mid-write leaves either the
+old file or the new one, never a truncated mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside ``path``; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically. numpy arrays become lists."""
+
+    def default(o: Any) -> Any:
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
+        raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
+
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=1, default=default)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write a float image in [0, 1] ((H, W), (H, W, 3) or (H, W, 4)) as 8-bit PNG."""
+    from PIL import Image
+
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(arr).save(f, format="PNG")
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a PNG as float32 in [0, 1]: (H, W) for grey, (H, W, C) otherwise."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    return arr.astype(np.float32) / 255.0
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` through a temporary file (checkpoints, trained models)."""
+    import torch
+
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed`` through a temporary file."""
+    with atomic_write(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
