@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 
 
 def show_source(obj, *, start: str | None = None, lines: int | None = None):
@@ -27,3 +28,80 @@ def show_source(obj, *, start: str | None = None, lines: int | None = None):
         return Code(src, language="python")
     except ImportError:  # pragma: no cover - IPython ships with the book extra
         return src
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+def environment_report(profile_name: str | None = None) -> list[dict]:
+    """Check what the book needs and say what to do about anything missing.
+
+    Returns rows ``{"item", "value", "ok", "hint"}``; chapter 0 shows them as a table.
+    Nothing here triggers a CUDA compile: gsplat is only imported, never called.
+    """
+    import os
+    import platform
+
+    from .config import get_profile
+
+    rows: list[dict] = []
+
+    def row(item: str, value, ok: bool, hint: str = "") -> None:
+        rows.append({"item": item, "value": str(value), "ok": bool(ok), "hint": "" if ok else hint})
+
+    row("python", platform.python_version(), sys.version_info >= (3, 10), "install Python >= 3.10")
+    install_hint = "run `make test` or `make book` once: they install everything into .venv"
+    for module, dist in [
+        ("torch", "torch"),
+        ("numpy", "numpy"),
+        ("matplotlib", "matplotlib"),
+        ("ipywidgets", "ipywidgets"),
+        ("plyfile", "plyfile"),
+        ("skimage", "scikit-image"),
+        ("pycolmap", "pycolmap"),
+        ("papermill", "papermill"),
+    ]:
+        v = _version(dist)
+        row(dist, v or "missing", v is not None, install_hint)
+    row("CPU cores", os.cpu_count(), (os.cpu_count() or 1) >= 2, "a single core works, slowly")
+
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        row(
+            "torch threads",
+            torch.get_num_threads(),
+            True,
+        )
+        row("CUDA GPU", torch.cuda.get_device_name(0) if cuda else "none", True)
+    except ImportError:
+        cuda = False
+    gsplat_version = _version("gsplat")
+    row(
+        "gsplat",
+        gsplat_version or "missing",
+        gsplat_version is not None or not cuda,
+        "pip install gsplat==1.5.3 (needs a CUDA toolkit; it compiles on first use)",
+    )
+    backend = "gsplat (CUDA)" if cuda and gsplat_version else "torch (pure PyTorch)"
+    row("rendering backend", backend, True)
+
+    try:
+        profile = get_profile(profile_name)
+        ok = not (profile.device == "cuda" and not cuda)
+        row(
+            "profile",
+            profile.name,
+            ok,
+            "the gpu profile needs a CUDA GPU: use profile mini or cpu here",
+        )
+    except ValueError as err:
+        row("profile", profile_name, False, str(err))
+    return rows

@@ -1,0 +1,45 @@
+# The two commands of the README:
+#   make book   data for the profile, every chapter executed (papermill), HTML (Jupyter Book 1)
+#   make test   the pytest suite, every chapter included (mini profile)
+# Both create and fill their own virtual environment in .venv on first use.
+
+PROFILE ?= mini
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch, installed before anything else so that no dependency pulls a
+# multi-GB CUDA build on a machine without a GPU. Override on a GPU machine, e.g.
+#   make book PROFILE=gpu TORCH_SPEC="torch==2.13.0" TORCH_PIP_ARGS="--index-url ..."
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+STAMP := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+
+.PHONY: book test data venv clean clean-data
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "== setting up $(VENV) (first run only) =="
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	@$(PY) -m pip install -q -e ".[book,test]"
+	@touch $(STAMP)
+
+data: $(STAMP)
+	@if [ -f data_scripts/make_synthetic.py ]; then \
+		$(PY) data_scripts/make_synthetic.py --profile $(PROFILE); fi
+
+book: data
+	$(PY) -m npga.book_runner --profile $(PROFILE)
+
+test: $(STAMP)
+	@$(MAKE) --no-print-directory data PROFILE=mini
+	$(PY) -m pytest -n 2 --durations=15 tests
+
+clean:
+	rm -rf _build
+
+clean-data:
+	rm -rf data
