@@ -235,6 +235,29 @@ def _sync_file(src: Path, dst: Path) -> None:
     shutil.copy2(src, dst)
 
 
+def _sync_text(text: str, dst: Path) -> None:
+    if dst.is_file() and dst.read_text() == text:
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(text)
+
+
+def _hide_default_parameters(executed: Path) -> str:
+    """The executed notebook with its default ``parameters`` cell removed from the page.
+
+    papermill adds a cell with the injected values right after it; the page keeps
+    that one, so readers see the profile the chapter really ran with.
+    """
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    return nbformat.writes(nb)
+
+
 def stage_sources(profile: str, root: Path = REPO_ROOT, build_dir: Path = BUILD_DIR) -> Path:
     """Assemble a Jupyter Book source tree from the repository and the executed chapters."""
     stage = build_dir / "src" / profile
@@ -249,7 +272,7 @@ def stage_sources(profile: str, root: Path = REPO_ROOT, build_dir: Path = BUILD_
             src = executed / rel
             if not src.is_file():
                 raise FileNotFoundError(f"{rel} has not been executed for profile {profile}")
-            _sync_file(src, stage / rel)
+            _sync_text(_hide_default_parameters(src), stage / rel)
         else:
             _sync_file(path, stage / rel)
     return stage
