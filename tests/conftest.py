@@ -4,3 +4,13 @@ import os
 
 # Tests run in the mini profile unless a test asks for another one explicitly.
 os.environ.setdefault("NPGA_PROFILE", "mini")
+
+# Under pytest-xdist every worker gets one thread: two workers with two torch threads
+# each on a 2-core machine make torch's thread pool wait on itself (measured: up to 20x
+# slower). OMP_NUM_THREADS also reaches the notebook kernels the chapter tests start.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
