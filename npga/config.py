@@ -71,18 +71,41 @@ class HeadModelConfig:
     exp_dims: int
     hidden: int  # width of the SDF and deformation MLPs
     layers: int  # depth of the MLPs
-    iterations: int
+    iterations: int  # identity stage (canonical SDF f) steps
     samples_per_step: int
+    deform_iterations: int = 600  # expression stage (backward deformation B) steps
+    exp_dims_sweep: tuple[int, ...] = (2, 4, 8)  # extra expression sizes compared in chapter 3
+    sweep_iterations: int = 400  # B steps of each sweep model (f is shared)
+    sdf_samples_per_mesh: int = 20000  # surface + near + space samples per canonical mesh
+    correspondences_per_scan: int = 3000  # posed -> canonical pairs per training scan
+    voxel: float = 0.002  # metres; flood-fill grid that defines inside/outside
+    neck_cut: float = -0.16  # metres (y); both head models keep the head above this plane
+    canonical_jaw_open: float = 0.4  # NPHM's canonical face has the mouth open this much
+    mc_resolution: int = 64  # marching-cubes grid for NPHM surfaces
+    fit_iterations: int = 150  # Adam steps when fitting NPHM codes to points
+    eval_scans: int = 6  # held-out scans evaluated per split (chapter 3 numbers)
+    track_points: int = 1500  # at most this many COLMAP points per frame are used
 
 
 @dataclass(frozen=True)
 class DeformConfig:
     """Forward deformation field distilled by cycle consistency (chapter 4)."""
 
-    hidden: int
-    layers: int
-    iterations: int
-    samples_per_step: int
+    hidden: int  # width of F's MLP
+    layers: int  # depth of F's MLP
+    iterations: int  # distillation steps of the multi-identity prior
+    samples_per_step: int  # (identity, expression, point) triples per step
+    points_per_identity: int = 4096  # canonical surface samples drawn per identity
+    sample_noise: float = 0.01  # metres of jitter around the canonical surface
+    lr: float = 5e-3  # Adam, cosine-decayed to 5 %
+    use_id: bool = True  # condition F on z_id as well as z_exp
+    length_scale: float = 0.1  # metres; normalises F's inputs and outputs
+    n_freqs: int = 2  # Fourier-feature octaves of the position (0: raw coordinates only)
+    finetune_iterations: int = 200  # per-avatar fine-tuning of the prior
+    finetune_lr: float = 5e-4
+    code_mixing: float = 0.3  # fraction of each batch with blends of two training codes
+    code_sampling: float = 0.4  # fraction with codes drawn from the training codes' Gaussian
+    eval_points: int = 100_000  # canonical queries timed and measured in chapter 4
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,14 @@ class AvatarConfig:
     batch_cameras: int
     knn_k: int
     cnn_channels: int
+    detail_layers: int = 3  # hidden layers of the detail network G
+    detail_freqs: int = 4  # Fourier octaves of G's positional encoding of x_c
+    sh_degree: int = 1  # SH degree of the Gaussians' colours
+    init_opacity: float = 0.3  # opacity of the canonical Gaussians at initialisation
+    transport: str = "exact"  # how F's Jacobian moves shapes: "exact" | "polar" (npga.deformation)
+    jacobian: str = "fd"  # F's Jacobian: "fd" (6 extra passes) | "autograd" (double backward)
+    eval_every: int = 0  # trainer: held-out evaluation every this many steps (0: only at the end)
+    checkpoint_every: int = 100  # trainer: write a checkpoint every this many steps
 
 
 @dataclass(frozen=True)
@@ -164,9 +195,14 @@ _PROFILES: dict[str, Profile] = {
             max_gaussians=8000,
         ),
         head_model=HeadModelConfig(
-            id_dims=8, exp_dims=12, hidden=96, layers=4, iterations=600, samples_per_step=2048
+            id_dims=8, exp_dims=12, hidden=96, layers=4, iterations=600, samples_per_step=2048,
+            deform_iterations=600, exp_dims_sweep=(2, 4, 8), sweep_iterations=300,
+            sdf_samples_per_mesh=16000, correspondences_per_scan=2000, mc_resolution=48,
+            fit_iterations=100, eval_scans=4, track_points=1500,
         ),
-        deform=DeformConfig(hidden=96, layers=4, iterations=600, samples_per_step=2048),
+        deform=DeformConfig(
+            hidden=96, layers=4, iterations=1000, samples_per_step=2048, lr=1e-2, eval_points=20_000
+        ),
         avatar=AvatarConfig(
             n_gaussians=3000,
             feature_dim=8,
@@ -183,11 +219,11 @@ _PROFILES: dict[str, Profile] = {
         data=DataConfig(
             width=176,
             height=256,
-            participants=8,
+            participants=3,
             sequences=_FULL_SEQUENCES,
             heldout_sequence="FREE",
-            frames_per_sequence=24,
-            supersample=3,
+            frames_per_sequence=16,
+            supersample=2,
             mesh_resolution=96,
             scan_identities=12,
             scan_expressions=60,
@@ -203,7 +239,10 @@ _PROFILES: dict[str, Profile] = {
             max_gaussians=40000,
         ),
         head_model=HeadModelConfig(
-            id_dims=16, exp_dims=16, hidden=192, layers=6, iterations=4000, samples_per_step=8192
+            id_dims=16, exp_dims=16, hidden=192, layers=6, iterations=4000, samples_per_step=8192,
+            deform_iterations=3000, exp_dims_sweep=(2, 4, 8), sweep_iterations=1500,
+            sdf_samples_per_mesh=40000, correspondences_per_scan=5000, mc_resolution=96,
+            fit_iterations=200, eval_scans=8, track_points=2000,
         ),
         deform=DeformConfig(hidden=192, layers=6, iterations=4000, samples_per_step=8192),
         avatar=AvatarConfig(
@@ -222,10 +261,10 @@ _PROFILES: dict[str, Profile] = {
         data=DataConfig(
             width=550,
             height=802,
-            participants=8,
+            participants=3,
             sequences=_FULL_SEQUENCES,
             heldout_sequence="FREE",
-            frames_per_sequence=60,
+            frames_per_sequence=32,
             supersample=3,
             mesh_resolution=192,
             scan_identities=20,
@@ -242,7 +281,10 @@ _PROFILES: dict[str, Profile] = {
             max_gaussians=250000,
         ),
         head_model=HeadModelConfig(
-            id_dims=32, exp_dims=32, hidden=400, layers=6, iterations=30000, samples_per_step=32768
+            id_dims=32, exp_dims=32, hidden=400, layers=6, iterations=30000, samples_per_step=32768,
+            deform_iterations=20000, exp_dims_sweep=(4, 8, 16), sweep_iterations=10000,
+            sdf_samples_per_mesh=100000, correspondences_per_scan=10000, mc_resolution=160,
+            fit_iterations=300, eval_scans=12, track_points=4000,
         ),
         deform=DeformConfig(hidden=400, layers=6, iterations=30000, samples_per_step=32768),
         avatar=AvatarConfig(

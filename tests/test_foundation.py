@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import ast
 import re
 import tomllib
 from pathlib import Path
@@ -165,8 +165,13 @@ def test_imports_declared():
 
     stdlib = set(sys.stdlib_module_names)
     for path in (REPO_ROOT / "npga").rglob("*.py"):
-        for m in re.finditer(r"^\s*(?:from|import)\s+([A-Za-z_][\w]*)", path.read_text(), re.M):
-            mod = m.group(1)
+        modules = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+        for mod in sorted(modules):
             if mod in stdlib or mod in ("npga", "__future__"):
                 continue
             dist = module_to_dist.get(mod, mod).lower().replace("_", "-")
