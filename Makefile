@@ -28,8 +28,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 data: $(STAMP)
-	@if [ -f data_scripts/make_synthetic.py ]; then \
-		$(PY) data_scripts/make_synthetic.py --profile $(PROFILE); fi
+	$(PY) data_scripts/make_synthetic.py --profile $(PROFILE)
+	$(PY) data_scripts/train_head_model.py --profile $(PROFILE)
 
 book: data
 	$(PY) -m npga.book_runner --profile $(PROFILE)

@@ -35,7 +35,7 @@ Layout
   :class:`npga.synthetic.SynthHead` when it is not stored (same faces for every frame:
   :meth:`Sequence.ground_truth_faces`).
 * ``tracking/{model}.npz``: ``z_exp`` (T, d) and ``z_id`` (d_id,) float32, written by
-  the tracking chapter for head model ``model`` (e.g. ``"linear"``, ``"nphm"``).
+  the tracking chapter for head model ``model`` (e.g. ``"3dmm"``, ``"nphm"``).
 * ``scans/scans.npz``: the synthetic analogue of NPHM's / FLAME's registered training
   scans, for identities *disjoint* from the capture participants (as NeRSemble's
   subjects are not NPHM's), with the capture's topology: ``neutral`` (S, V, 3) float32
