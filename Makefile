@@ -30,6 +30,8 @@ $(STAMP): pyproject.toml
 data: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py --profile $(PROFILE)
 	$(PY) data_scripts/train_head_model.py --profile $(PROFILE)
+	$(PY) data_scripts/distill_prior.py --profile $(PROFILE)
+	$(PY) data_scripts/distill_prior.py --profile $(PROFILE) --head analytic
 
 book: data
 	$(PY) -m npga.book_runner --profile $(PROFILE)

@@ -106,6 +106,7 @@ class DeformConfig:
     code_mixing: float = 0.3  # fraction of each batch with blends of two training codes
     code_sampling: float = 0.4  # fraction with codes drawn from the training codes' Gaussian
     eval_points: int = 100_000  # canonical queries timed and measured in chapter 4
+    loss: str = "l2"  # cycle loss: "l2" = mean |B(F(x)) - x|, "mse" = mean |B(F(x)) - x|^2
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,18 @@ class AvatarConfig:
     jacobian: str = "fd"  # F's Jacobian: "fd" (6 extra passes) | "autograd" (double backward)
     eval_every: int = 0  # trainer: held-out evaluation every this many steps (0: only at the end)
     checkpoint_every: int = 100  # trainer: write a checkpoint every this many steps
+    # Laplacian terms on the k-NN graph of canonical Gaussians (npga.regularizers, chapter 6)
+    lap_features: float = 1.0  # weight of mean |L f|^2 (per-Gaussian features)
+    lap_dynamics: float = 1.0  # weight of mean |L delta|^2 (detail network G's offsets)
+    knn_rebuild_every: int = 100  # steps; the graph is also rebuilt after every densification
+    # adaptive density control of the dynamic avatar (npga.densify_dynamic, chapter 7)
+    densify_from: int = 50
+    densify_until: int = 250
+    densify_every: int = 50
+    opacity_reset_every: int = 0  # 0: never (a short run has no time to recover from a reset)
+    densify_grad: float = 0.0002  # NDC gradient threshold (3DGS)
+    max_gaussians: int = 8000
+    demo_iterations: int = 40  # chapters 6-8 train their live with/without variants this long
 
 
 @dataclass(frozen=True)
@@ -201,7 +214,7 @@ _PROFILES: dict[str, Profile] = {
             fit_iterations=100, eval_scans=4, track_points=1500,
         ),
         deform=DeformConfig(
-            hidden=96, layers=4, iterations=1000, samples_per_step=2048, lr=1e-2, eval_points=20_000
+            hidden=96, layers=4, iterations=3000, samples_per_step=2048, lr=1e-2, eval_points=20_000
         ),
         avatar=AvatarConfig(
             n_gaussians=3000,
@@ -226,7 +239,7 @@ _PROFILES: dict[str, Profile] = {
             supersample=2,
             mesh_resolution=96,
             scan_identities=12,
-            scan_expressions=60,
+            scan_expressions=64,
         ),
         render=RenderConfig(backend="auto", tile_size=16),
         static_fit=StaticFitConfig(
@@ -239,10 +252,10 @@ _PROFILES: dict[str, Profile] = {
             max_gaussians=40000,
         ),
         head_model=HeadModelConfig(
-            id_dims=16, exp_dims=16, hidden=192, layers=6, iterations=4000, samples_per_step=8192,
-            deform_iterations=3000, exp_dims_sweep=(2, 4, 8), sweep_iterations=1500,
-            sdf_samples_per_mesh=40000, correspondences_per_scan=5000, mc_resolution=96,
-            fit_iterations=200, eval_scans=8, track_points=2000,
+            id_dims=16, exp_dims=16, hidden=128, layers=6, iterations=1500, samples_per_step=4096,
+            deform_iterations=1500, exp_dims_sweep=(2, 4, 8), sweep_iterations=800,
+            sdf_samples_per_mesh=30000, correspondences_per_scan=4000, mc_resolution=80,
+            fit_iterations=150, eval_scans=6, track_points=2000,
         ),
         deform=DeformConfig(hidden=192, layers=6, iterations=4000, samples_per_step=8192),
         avatar=AvatarConfig(
@@ -253,6 +266,12 @@ _PROFILES: dict[str, Profile] = {
             batch_cameras=2,
             knn_k=8,
             cnn_channels=32,
+            densify_from=300,
+            densify_until=2400,
+            densify_every=100,
+            opacity_reset_every=1500,
+            max_gaussians=40000,
+            demo_iterations=600,
         ),
     ),
     "gpu": Profile(
@@ -295,6 +314,12 @@ _PROFILES: dict[str, Profile] = {
             batch_cameras=4,
             knn_k=8,
             cnn_channels=64,
+            densify_from=500,
+            densify_until=30000,
+            densify_every=100,
+            opacity_reset_every=3000,
+            max_gaussians=250000,
+            demo_iterations=6000,
         ),
         device="cuda",
     ),

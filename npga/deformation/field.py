@@ -1,0 +1,135 @@
+"""The forward deformation field F: canonical space -> posed space (NPGA, Sec. 3).
+
+NPGA's avatar keeps its Gaussians in a canonical (neutral) space and must move them to
+the posed space of each frame before rasterization, so it needs a *forward* map
+
+    x_p = F(x_c, z_exp, z_id) = x_c + MLP([x_c / s, z_exp, z_id]) * s
+
+where ``s`` is a length scale (about a head's radius) that makes the network's inputs and
+outputs of order one. The offset form with a zero-initialised last layer starts F at the
+identity, which is already a fair guess for a face: most points move by millimetres.
+
+The architecture mirrors the backward deformation MLP of MonoNPHM (an MLP with one skip
+connection that re-injects the input halfway), so that F can represent whatever B does.
+Codes are standardised with statistics of the training codes (:meth:`set_code_stats`):
+auto-decoded latent codes often have a spread of 0.01-0.1, and an MLP learns faster from
+inputs of unit scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def _broadcast_code(code: Tensor | None, n: int, dims: int, name: str) -> Tensor | None:
+    """Codes come as one code (d,) for all points or one per point (N, d)."""
+    if dims == 0:
+        return None
+    if code is None:
+        raise ValueError(f"this field is conditioned on {name} ({dims} dims) but got None")
+    if code.dim() == 1:
+        code = code[None].expand(n, -1)
+    if code.shape != (n, dims):
+        raise ValueError(f"{name} must have shape ({dims},) or ({n}, {dims}), got {tuple(code.shape)}")
+    return code
+
+
+class ForwardField(nn.Module):
+    """F(x_c, z_exp[, z_id]) -> x_p, an MLP predicting an offset (see the module docstring).
+
+    ``exp_dims``/``id_dims`` are the code sizes of the head model whose backward field F is
+    distilled from (``id_dims=0``: not conditioned on identity); ``hidden``/``layers``
+    come from :class:`npga.config.DeformConfig`; ``scale`` is the length (metres) that
+    normalises coordinates and offsets.
+    """
+
+    def __init__(
+        self,
+        exp_dims: int,
+        id_dims: int = 0,
+        hidden: int = 128,
+        layers: int = 4,
+        scale: float = 0.1,
+        n_freqs: int = 0,
+    ) -> None:
+        super().__init__()
+        if layers < 2:
+            raise ValueError(f"ForwardField needs at least 2 layers, got {layers}")
+        self.hparams: dict[str, Any] = dict(
+            exp_dims=exp_dims, id_dims=id_dims, hidden=hidden, layers=layers, scale=scale,
+            n_freqs=n_freqs,
+        )
+        self.exp_dims, self.id_dims, self.scale = exp_dims, id_dims, float(scale)
+        self.n_freqs = n_freqs
+        d_in = 3 + 6 * n_freqs + exp_dims + id_dims
+        self.skip_at = layers // 2  # layer that sees the input again (MonoNPHM-style skip)
+        self.linears = nn.ModuleList()
+        for i in range(layers):
+            fan_in = d_in if i == 0 else hidden + (d_in if i == self.skip_at else 0)
+            self.linears.append(nn.Linear(fan_in, hidden))
+        self.out = nn.Linear(hidden, 3)
+        # Zero last layer: F starts as the identity map.
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.act = nn.SiLU()  # smooth, so F's Jacobian (used on covariances) is smooth too
+        self.register_buffer("exp_mean", torch.zeros(exp_dims))
+        self.register_buffer("exp_std", torch.ones(exp_dims))
+        self.register_buffer("id_mean", torch.zeros(id_dims))
+        self.register_buffer("id_std", torch.ones(id_dims))
+
+    @torch.no_grad()
+    def set_code_stats(self, exp_codes: Tensor, id_codes: Tensor | None = None) -> None:
+        """Standardise codes with the mean/std of the training codes (any leading shape)."""
+        e = exp_codes.reshape(-1, self.exp_dims).float()
+        self.exp_mean.copy_(e.mean(0))
+        self.exp_std.copy_(e.std(0).clamp_min(1e-6) if len(e) > 1 else torch.ones_like(e[0]))
+        if self.id_dims and id_codes is not None:
+            c = id_codes.reshape(-1, self.id_dims).float()
+            self.id_mean.copy_(c.mean(0))
+            self.id_std.copy_(c.std(0).clamp_min(1e-6) if len(c) > 1 else torch.ones_like(c[0]))
+
+    def offset(self, x_c: Tensor, z_exp: Tensor, z_id: Tensor | None = None) -> Tensor:
+        """x_p - x_c in metres, (N, 3)."""
+        n = x_c.shape[0]
+        z_exp = _broadcast_code(z_exp, n, self.exp_dims, "z_exp")
+        z_id = _broadcast_code(z_id, n, self.id_dims, "z_id") if self.id_dims else None
+        x = x_c / self.scale
+        parts = [x, (z_exp - self.exp_mean) / self.exp_std]
+        if self.n_freqs:
+            # Low-frequency Fourier features of the position (NeRF's positional encoding):
+            # they let a small MLP fit position-dependent motion with fewer steps.
+            freqs = (2.0 ** torch.arange(self.n_freqs, device=x.device, dtype=x.dtype)) * torch.pi
+            ang = (x[..., None] * freqs).flatten(-2)  # (N, 3 * n_freqs)
+            parts += [torch.sin(ang), torch.cos(ang)]
+        if z_id is not None:
+            parts.append((z_id - self.id_mean) / self.id_std)
+        inp = torch.cat(parts, dim=-1)  # (N, 3 + E [+ I])
+        h = inp
+        for i, lin in enumerate(self.linears):
+            if i == self.skip_at:
+                h = torch.cat([h, inp], dim=-1)
+            h = self.act(lin(h))
+        return self.out(h) * self.scale
+
+    def forward(self, x_c: Tensor, z_exp: Tensor, z_id: Tensor | None = None) -> Tensor:
+        """x_p (N, 3) from canonical points x_c (N, 3); codes (d,) or (N, d)."""
+        if x_c.dim() != 2 or x_c.shape[-1] != 3:
+            raise ValueError(f"x_c must have shape (N, 3), got {tuple(x_c.shape)}")
+        return x_c + self.offset(x_c, z_exp, z_id)
+
+    # ------------------------------------------------------------------ persistence
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to rebuild the field: hyper-parameters and weights."""
+        return {"hparams": dict(self.hparams), "state_dict": self.state_dict()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "ForwardField":
+        try:
+            field = cls(**state["hparams"])
+            field.load_state_dict(state["state_dict"])
+        except (KeyError, RuntimeError, TypeError) as err:
+            raise ValueError(f"not a ForwardField state: {err}") from err
+        return field
