@@ -32,6 +32,7 @@ data: $(STAMP)
 	$(PY) data_scripts/train_head_model.py --profile $(PROFILE)
 	$(PY) data_scripts/distill_prior.py --profile $(PROFILE)
 	$(PY) data_scripts/distill_prior.py --profile $(PROFILE) --head analytic
+	$(PY) data_scripts/train_avatar.py --profile $(PROFILE)
 
 book: data
 	$(PY) -m npga.book_runner --profile $(PROFILE)

@@ -137,7 +137,7 @@ def execute_chapter(
     notebook: Path,
     output: Path,
     profile: str = "mini",
-    timeout: int | None = 1800,
+    timeout: int | None = 600,  # per cell: a hung kernel must not stall CI
     cwd: Path | None = None,
 ) -> float:
     """Run ``notebook`` with papermill into ``output``; return the wall time in seconds.
