@@ -14,6 +14,10 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
+# One torch/OpenMP thread per process unless you say otherwise: on a 2-core machine that
+# is doing anything else, two threads per process spin-wait on each other and run up to
+# 10-20x slower (measured here). `make test` uses both cores through two pytest workers.
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: book test data venv clean clean-data
 

@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,26 +31,7 @@ from npga.config import PROFILE_NAMES, REPO_ROOT, get_profile  # noqa: E402
 from npga.deformation import deform_gaussians  # noqa: E402
 from npga.deformation.compare import compare_inversions, deforming_mask, error_summary, heldout_queries  # noqa: E402
 from npga.deformation.store import HEAD_MODELS, get_head_model, head_codes, load_or_distill  # noqa: E402
-from npga.io import write_json  # noqa: E402
-
-
-def _machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
+from npga.io import machine_info, write_json  # noqa: E402
 
 
 def _load() -> list[float] | None:
@@ -124,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "deforming_fraction": moving.float().mean().item(),
         "field": field.hparams,
         "distillation_seconds": meta["history"]["seconds"],
-        "machine": _machine(),
+        "machine": machine_info(),
         "load_average_before": load_before,
         "load_average_after": _load(),
         "methods": methods,

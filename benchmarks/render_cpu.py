@@ -26,7 +26,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -34,14 +33,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from npga.cameras import intrinsics_for, look_at  # noqa: E402
-from npga.io import atomic_write, write_json  # noqa: E402
+from npga.io import atomic_write, machine_info, write_json  # noqa: E402
 from npga.render import rasterize  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -133,24 +131,6 @@ def run_case(n: int, width: int, height: int, repeats: int, threads: int) -> dic
     }
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
 def write_markdown(path: Path, result: dict) -> None:
     m = result["machine"]
     lines = [
@@ -216,7 +196,7 @@ def main() -> None:
         "scene": __doc__.split("\n\n")[1].replace("\n", " "),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": "python " + " ".join(["benchmarks/render_cpu.py"] + sys.argv[1:]),
-        "machine": machine(),
+        "machine": machine_info(),
         "threads": threads,
         "load_before": list(load_before),
         "load_after": list(os.getloadavg()),

@@ -90,3 +90,55 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """``np.savez_compressed`` through a temporary file."""
     with atomic_write(path, "wb") as f:
         np.savez_compressed(f, **arrays)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing).
+
+    Used where several processes (parallel chapter runs, pytest workers) may try to
+    generate the same dataset or train the same model: the second waits, then finds
+    the work done.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def machine_info() -> dict:
+    """The machine a measurement ran on, for recorded benchmark results."""
+    import platform
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    try:
+        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    return info

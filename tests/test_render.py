@@ -69,7 +69,7 @@ def _brute_force(means, quats, scales, opacities, colors, viewmats, Ks, width, h
     Differentiable, so it also serves as the gradient reference.
     """
     _, means2d, depths, conics, _ = _reference_projection(means, quats, scales, viewmats, Ks, width, height)
-    C, N, D = viewmats.shape[0], means.shape[0], colors.shape[-1]
+    C, D = viewmats.shape[0], colors.shape[-1]
     ys, xs = torch.meshgrid(
         torch.arange(height, dtype=means.dtype) + 0.5, torch.arange(width, dtype=means.dtype) + 0.5, indexing="ij"
     )

@@ -15,7 +15,6 @@ line). Files::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from ..config import Profile, get_profile
-from ..io import save_npz, write_json
+from ..io import file_lock, save_npz, write_json
 from .evaluate import eval_linear, eval_nphm, moving_faces, prepare_target
 from .linear3dmm import Linear3DMM
 from .nphm import NPHM, NPHMData, NPHMSpec, TrainLog, train_nphm
@@ -268,20 +267,6 @@ def train_head_models(
     return info
 
 
-def _locked(path: Path):
-    import fcntl
-
-    @contextlib.contextmanager
-    def cm():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    return cm()
 
 
 def dataset_fingerprint(profile: Profile) -> str | None:
@@ -327,7 +312,7 @@ def load_or_train(
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown head model {model!r}: choose one of {MODEL_NAMES}")
     if not trained(P):
-        with _locked(models_dir(P).parent / ".headmodels.lock"):
+        with file_lock(models_dir(P).parent / ".headmodels.lock"):
             if not trained(P):
                 train_head_models(P, progress=progress)
     if model == "3dmm":

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..cameras import HELDOUT_SERIALS, TRAIN_SERIALS, nersemble_rig, write_camera_params
 from ..config import DataConfig, Profile, get_profile
-from ..io import atomic_write, write_json, write_png
+from ..io import atomic_write, file_lock, write_json, write_png
 
 GENERATOR_VERSION = 1  # bump when the layout or the meaning of a file changes
 MANIFEST_NAME = "dataset.json"
@@ -392,7 +392,7 @@ def ensure_dataset(
     if not force and dataset_status(root, spec) == "complete":
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(root.parent / f".{root.name}.lock"):
+    with file_lock(root.parent / f".{root.name}.lock"):
         if force or dataset_status(root, spec) != "complete":  # another process may have done it
             write_dataset(P, root, participants, seed, progress, workers)
     return root
@@ -413,18 +413,6 @@ def _can_spawn() -> bool:
     which fails for a script piped to ``python -`` (its ``__file__`` is ``<stdin>``)."""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     return main_file is None or os.path.isfile(main_file)
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    import fcntl
-
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _progress(total: int, enabled: bool, desc: str):
