@@ -1,0 +1,167 @@
+"""Dynamic ADC (npga.densify_dynamic), the ablation's hooks with the trainer, and its table."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from npga.densify_dynamic import DynamicADC, accumulate_views
+from npga.gaussians import init_from_points
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _ablation():
+    spec = importlib.util.spec_from_file_location("ablation", REPO / "benchmarks" / "ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _Avatar:
+    def __init__(self, g):
+        self.gaussians = g
+
+    @property
+    def n_gaussians(self):
+        return self.gaussians["means"].shape[0]
+
+
+def _setup(n=60, f=4, seed=0):
+    rng = np.random.default_rng(seed)
+    pts = rng.normal(size=(n, 3)).astype(np.float32) * 0.05
+    g = init_from_points(pts, None, sh_degree=1, feature_dim=f, init_opacity=0.3, seed=seed)
+    opts = {k: torch.optim.Adam([v], lr=1e-3, eps=1e-15) for k, v in g.items()}
+    # one real step so that every parameter has non-zero Adam moments
+    loss = sum((v * torch.randn_like(v)).sum() for v in g.values())
+    loss.backward()
+    for o in opts.values():
+        o.step()
+    return g, opts
+
+
+def _meta(n, grad_norm_px, width=40, height=60, cams=2):
+    """A rasterizer meta whose means2d gradient has the given per-Gaussian pixel norms."""
+    means2d = torch.zeros(cams, n, 2, requires_grad=True)
+    means2d.grad = torch.zeros(cams, n, 2)
+    means2d.grad[..., 0] = grad_norm_px
+    radii = torch.full((cams, n, 2), 3, dtype=torch.int32)
+    return {"means2d": means2d, "radii": radii, "width": width, "height": height, "n_cameras": cams}
+
+
+class _Render:
+    def __init__(self, meta):
+        self.meta = meta
+
+
+def test_dynamic_adc_keeps_state_and_features_consistent():
+    n = 60
+    g, opts = _setup(n)
+    moments = {k: opts[k].state[g[k]]["exp_avg"].clone() for k in g}
+    # Gaussians 0-9 pulled hard (grow), 50-54 transparent (pruned), the rest untouched
+    px = torch.zeros(n)
+    px[:10] = 1.0  # pixels; NDC gradient = 1 * W/2 * cams >> 0.0002
+    with torch.no_grad():
+        g["scales"][:5] = math.log(1e-4)  # small -> clone
+        g["scales"][5:10] = math.log(0.05)  # large -> split
+        g["opacities"][50:55] = -10.0
+    before = {k: v.detach().clone() for k, v in g.items()}
+    adc = DynamicADC(densify_from=0, densify_until=100, densify_every=1, scene_extent=0.1)
+    av = _Avatar(g)
+    adc(av, opts, _Render(_meta(n, px)), step=0)
+    rec = adc.history[-1]
+    assert (rec["clone"], rec["split"], rec["prune"]) == (5, 5, 5)
+    n_new = n + 5 + 5 * (2 - 1) - 5
+    for k, v in g.items():
+        assert v.shape[0] == n_new, k
+        st = opts[k].state[v]
+        assert st["exp_avg"].shape == v.shape and st["exp_avg_sq"].shape == v.shape
+        assert opts[k].param_groups[0]["params"][0] is v  # the optimizer holds the new tensor
+    # untouched Gaussians 10..49 and 55..59 keep values and Adam moments, in order (they come first)
+    untouched = torch.cat([torch.arange(0, 5), torch.arange(10, 50), torch.arange(55, 60)])
+    kept = len(untouched)
+    for k in g:
+        assert torch.equal(g[k].data[:kept], before[k][untouched]), k
+        assert torch.equal(opts[k].state[g[k]]["exp_avg"][:kept], moments[k][untouched]), k
+    # new rows: zero moments; features inherited from the parents
+    assert torch.all(opts["features"].state[g["features"]]["exp_avg"][kept:] == 0)
+    new_feats = g["features"].data[kept:]
+    clone_feats, split_feats = new_feats[:5], new_feats[5:]
+    assert torch.equal(clone_feats, before["features"][:5])
+    assert torch.equal(split_feats, before["features"][5:10].repeat(2, 1))
+    assert adc.state.grad2d.shape == (n_new,) and float(adc.state.grad2d.abs().sum()) == 0
+
+
+def test_view_counting_modes_differ_only_for_occluded_views():
+    from npga.densify import DensifyState
+
+    n = 4
+    meta = _meta(n, torch.tensor([1.0, 1.0, 0.0, 0.0]), cams=2)
+    meta["means2d"].grad[1, 0] = 0.0  # Gaussian 0: in frustum in camera 1 but no gradient (occluded)
+    s3, sn = DensifyState.create(n, 0.1), DensifyState.create(n, 0.1)
+    accumulate_views(s3, meta, "3dgs")
+    accumulate_views(sn, meta, "npga")
+    assert s3.count.tolist() == [2, 2, 2, 2]
+    assert sn.count.tolist() == [1, 2, 0, 0]
+    assert torch.allclose(sn.grad2d, s3.grad2d)
+    assert float(sn.mean_grad()[0]) == pytest.approx(2 * float(s3.mean_grad()[0]))
+    with pytest.raises(ValueError, match="mode"):
+        DynamicADC(densify_from=0, densify_until=1, densify_every=1, mode="bogus")
+
+
+def test_summary_table_and_markdown():
+    ab = _ablation()
+    runs = []
+    for seed, (nv, sr) in enumerate([(25.0, 22.0), (26.0, 22.5), (27.0, 23.5)]):
+        runs.append({"name": "full", "seed": seed, "gap_psnr": nv - sr, "n_gaussians": 100 + seed,
+                     "train_seconds": 1.0, "metrics": {"novel_view": {"psnr": nv, "ssim": 0.9},
+                                                       "self_reenactment": {"psnr": sr, "ssim": 0.8}}})
+    t = ab.summarise(runs)["full"]
+    assert t["novel_view_psnr"]["mean"] == pytest.approx(26.0)
+    assert t["novel_view_psnr"]["std"] == pytest.approx(1.0)
+    assert t["gap_psnr"]["mean"] == pytest.approx(np.mean([3.0, 3.5, 3.5]))
+    md = ab.to_markdown({"profile": "mini", "command": "cmd", "machine": "m", "date": "d", "seeds": [0, 1, 2],
+                         "iterations": 5, "total_seconds": 60, "table": ab.summarise(runs)})
+    assert "| full | 26.00 ± 1.00 |" in md and "30.26" in md
+
+
+@pytest.mark.slow
+def test_hooks_train_on_a_tiny_capture(tmp_path):
+    """Laplacian + ADC + CNN hooks inside npga.train on a generated capture (a few steps)."""
+    from npga.avatar import create_avatar, initial_colors
+    from npga.config import get_profile, with_overrides
+    from npga.data import open_dataset
+    from npga.deformation import ForwardField
+    from npga.io import save_npz
+    from npga.synthetic.writer import write_dataset
+    from npga.train import TrainConfig, TrainData, train
+
+    seqs = ("EXP-8-jaw-1", "FREE")
+    P = with_overrides(get_profile("mini"), data={
+        "width": 44, "height": 64, "participants": 1, "sequences": seqs, "frames_per_sequence": 2,
+        "supersample": 1, "mesh_resolution": 32, "scan_identities": 2, "scan_expressions": 2},
+        avatar={"n_gaussians": 600, "detail_hidden": 16, "densify_from": 1, "densify_every": 2,
+                "densify_until": 5, "densify_grad": 1e-6})
+    root = write_dataset(P, tmp_path / "ds", progress=False, workers=1)
+    part = open_dataset(root).participant(0)
+    seq = part.sequence(seqs[0])
+    save_npz(seq.path / "tracking" / "nphm.npz", z_exp=seq.ground_truth().z_exp, z_id=np.zeros(3, np.float32))
+    verts = seq.ground_truth_vertices(0)
+    pts = verts[np.random.default_rng(0).choice(len(verts), 600, replace=False)]
+    z = torch.from_numpy(seq.codes("nphm").z_exp)
+    F = ForwardField(z.shape[1], 0, hidden=16, layers=2)
+    cams = seq.cameras(part.train_serials)
+    imgs = np.stack([seq.load_image(seq.frames[0], c.serial) for c in cams])
+    av = create_avatar(pts, F, P.avatar, exp_codes=z, colors=initial_colors(pts, imgs, cams), feature_dim=4,
+                       backend="torch")
+    ab = _ablation()
+    hooks, parts = ab.make_hooks(ab.VARIANTS["full"], av, P, seed=0)
+    data = TrainData(part, [seqs[0]])
+    res = train(av, data, TrainConfig.from_profile(P, iterations=6), hooks=hooks, progress=False)
+    assert parts["adc"].history and av.n_gaussians != 600  # densification ran inside the trainer
+    assert parts["laplacian"].nbrs.shape == (av.n_gaussians, P.avatar.knn_k)  # graph followed it
+    assert np.isfinite(res.history["loss"]).all()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in parts["cnn"].parameters())
