@@ -261,6 +261,7 @@ def stage_sources(profile: str, root: Path = REPO_ROOT, build_dir: Path = BUILD_
     """Assemble a Jupyter Book source tree from the repository and the executed chapters."""
     stage = build_dir / "src" / profile
     executed = build_dir / "executed" / profile
+    listed = {p.resolve() for p in chapters_from_toc(root)}
     for name in ("_config.yml", "_toc.yml"):
         _sync_file(root / name, stage / name)
     for path in (root / "book").rglob("*"):
@@ -268,6 +269,8 @@ def stage_sources(profile: str, root: Path = REPO_ROOT, build_dir: Path = BUILD_
             continue
         rel = path.relative_to(root)
         if path.suffix == ".ipynb":
+            if path.resolve() not in listed:
+                continue  # a draft chapter not (yet) in _toc.yml
             src = executed / rel
             if not src.is_file():
                 raise FileNotFoundError(f"{rel} has not been executed for profile {profile}")
