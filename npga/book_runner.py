@@ -85,10 +85,14 @@ def chapters_from_toc(root: Path = REPO_ROOT) -> list[Path]:
 
 
 def package_digest(root: Path = REPO_ROOT) -> str:
-    """Hash of every source file of the ``npga`` package (and the data scripts)."""
+    """Hash of the package's and data scripts' source, and of the recorded benchmark
+    results that chapters load (so a new results file re-executes those chapters)."""
     h = hashlib.sha256()
-    for folder in ("npga", "data_scripts"):
-        for path in sorted((root / folder).rglob("*.py")):
+    files = []
+    for folder, pattern in (("npga", "*.py"), ("data_scripts", "*.py"), ("benchmarks/results", "*")):
+        files += sorted((root / folder).rglob(pattern))
+    for path in files:
+        if path.is_file() and not path.name.startswith("."):  # skip in-flight temp files
             h.update(str(path.relative_to(root)).encode())
             h.update(path.read_bytes())
     return h.hexdigest()
