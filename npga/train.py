@@ -37,6 +37,7 @@ from .avatar import AvatarRender, NPGAvatar
 from .config import Profile, get_profile
 from .io import save_torch
 from .metrics import psnr_torch, ssim_torch
+from .static_fit import OptimConfig as _GAUSSIAN_LRS
 
 CHECKPOINT_VERSION = 1
 GAUSSIAN_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN", "features")
@@ -53,16 +54,17 @@ class TrainConfig:
     iterations: int
     batch_cameras: int  # cameras of one frame rendered per step
     seed: int = 0
-    lambda_dssim: float = 0.2  # 3DGS Eq. 7
-    # Gaussians: 3DGS's learning rates (means: times the scene extent, decayed to final)
-    lr_means: float = 1.6e-4
-    lr_means_final: float = 1.6e-6
-    lr_quats: float = 1e-3
-    lr_scales: float = 5e-3
-    lr_opacities: float = 5e-2
-    lr_sh0: float = 2.5e-3
-    lr_shN: float = 2.5e-3 / 20
-    lr_features: float = 2.5e-3
+    lambda_dssim: float = _GAUSSIAN_LRS.lambda_dssim  # 3DGS Eq. 7
+    # Gaussians: 3DGS's learning rates, one source with the static fit (chapter 2)
+    # (means: times the scene extent, decayed to final)
+    lr_means: float = _GAUSSIAN_LRS.lr_means
+    lr_means_final: float = _GAUSSIAN_LRS.lr_means_final
+    lr_quats: float = _GAUSSIAN_LRS.lr_quats
+    lr_scales: float = _GAUSSIAN_LRS.lr_scales
+    lr_opacities: float = _GAUSSIAN_LRS.lr_opacities
+    lr_sh0: float = _GAUSSIAN_LRS.lr_sh0
+    lr_shN: float = _GAUSSIAN_LRS.lr_shN
+    lr_features: float = _GAUSSIAN_LRS.lr_features
     lr_detail: float = 1e-3  # detail network G
     lr_prior: float = 5e-4  # fine-tuning of the distilled prior F (lower: keep the prior)
     scene_extent: float = 1.0  # metres; the position learning rate is relative to it
