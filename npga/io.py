@@ -86,6 +86,23 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
         torch.save(obj, f)
 
 
+def load_saved(path: str | os.PathLike, kind: str, what: str) -> dict:
+    """Load a dict written by :func:`save_torch` with ``{"kind": kind, ...}``.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing
+    or holds something else (``what`` names the expected object in the message).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no saved {what}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or obj.get("kind") != kind:
+        raise ValueError(f"{path}: not a saved {what}")
+    return obj
+
+
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """``np.savez_compressed`` through a temporary file."""
     with atomic_write(path, "wb") as f:

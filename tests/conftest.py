@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 # Tests run in the mini profile unless a test asks for another one explicitly.
 os.environ.setdefault("NPGA_PROFILE", "mini")
 
@@ -14,3 +16,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test runs torch on one thread (small MLPs and the pair-list rasterizer are
+    fastest so, and ``pytest -n 2`` already fills both cores)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

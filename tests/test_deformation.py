@@ -28,13 +28,6 @@ from npga.gaussians import covariance, quat_to_rotmat
 MM = 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small MLPs run fastest on one thread, and ``pytest -n 2`` already fills both cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,6 @@ from npga.headmodels.sdf_samples import correspondence_samples, sdf_samples
 AXES = np.array([0.08, 0.11, 0.09])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # pytest -n 2 runs two workers on two cores: two torch threads each would
-    # oversubscribe them, which slows small MLPs down by orders of magnitude
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def ellipsoid(res: int = 24, axes=AXES):

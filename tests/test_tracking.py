@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from npga.cameras import nersemble_rig
 from npga.headmodels.colmap_points import fundamental, match_pair, triangulate_frame
@@ -12,12 +11,6 @@ from npga.headmodels.geometry import marching_cubes, point_to_mesh, sample_surfa
 from npga.headmodels.linear3dmm import Linear3DMM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_fundamental_matrix_and_epipolar_matching():

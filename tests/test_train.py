@@ -124,7 +124,6 @@ def test_bad_checkpoint_file_is_named(capture, tmp_path):
 
 def test_short_training_improves_heldout_psnr_by_5db(capture):
     P, part = capture
-    torch.set_num_threads(1)  # the pair-list rasterizer runs faster on one thread here
     av = make_avatar(P, part, 1000, feature_dim=4)
     before = evaluate_avatar_splits(av, part, P, codes="nphm")
     data = TrainData(part, [SEQS[0]], codes="nphm")

@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..io import save_torch
+from ..io import load_saved, save_torch
 from .geometry import closest_points_on_mesh, face_normals
 
 
@@ -250,12 +250,7 @@ class Linear3DMM(torch.nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> "Linear3DMM":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no saved Linear3DMM")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(obj, dict) or obj.get("kind") != "linear3dmm":
-            raise ValueError(f"{path}: not a saved Linear3DMM")
+        obj = load_saved(path, "linear3dmm", "Linear3DMM")
         s = obj["state"]
         return cls(s["mean"], s["basis_id"], s["basis_exp"], s["faces"], s["sigma_id"], s["sigma_exp"])
 

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..io import save_torch
+from ..io import load_saved, save_torch
 
 
 # --------------------------------------------------------------------------- networks
@@ -239,12 +239,7 @@ class NPHM(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> "NPHM":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no saved NPHM")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(obj, dict) or obj.get("kind") != "nphm":
-            raise ValueError(f"{path}: not a saved NPHM")
+        obj = load_saved(path, "nphm", "NPHM")
         spec = dict(obj["spec"])
         spec["center"] = tuple(spec["center"])
         spec["canonical_expression"] = tuple(spec.get("canonical_expression", ()))
