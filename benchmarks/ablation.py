@@ -277,9 +277,75 @@ def load_results(profile_name: str) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def shard_path(profile_name: str, shard: str) -> Path:
+    """Where shard ``"i/n"`` of a parallel ablation writes its runs (merged by ``--merge``)."""
+    i, n = shard.split("/")
+    return RESULTS / "shards" / f"ablation_{profile_name}.shard{i}of{n}.json"
+
+
+def jobs(variants, seeds, shard: str | None = None) -> list[tuple[str, int]]:
+    """The (variant, seed) runs in table order; with ``shard="i/n"`` every n-th one from i.
+
+    Round-robin, so that two shards on two cores get the same mix of cheap and costly
+    variants and finish together.
+    """
+    all_jobs = [(v, s) for v in variants for s in seeds]
+    if shard is None:
+        return all_jobs
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard {shard!r}: expected i/n, e.g. 0/2") from None
+    if not 0 <= i < n:
+        raise SystemExit(f"--shard {shard!r}: i must be in 0..{n - 1}")
+    return all_jobs[i::n]
+
+
+def merge(profile_name: str, command: str = "") -> dict:
+    """Combine the shard files of a profile into ``ablation_{profile}.json`` / ``.md``.
+
+    Refuses when shards disagree on settings, a shard is incomplete, or a run is missing.
+    """
+    from npga.io import atomic_write, write_json
+
+    paths = sorted((RESULTS / "shards").glob(f"ablation_{profile_name}.shard*of*.json"))
+    if not paths:
+        raise SystemExit(f"no shard files for profile {profile_name!r} in {RESULTS / 'shards'}")
+    parts = [json.loads(p.read_text()) for p in paths]
+    keys = ("seeds", "iterations", "avatar_overrides", "eval_frames", "variants")
+    for p, r in zip(paths, parts):
+        if not r.get("complete"):
+            raise SystemExit(f"{p}: shard not complete ({len(r['runs'])} runs so far)")
+        for k in keys:
+            if r[k] != parts[0][k]:
+                raise SystemExit(f"{p}: {k} = {r[k]!r} differs from {paths[0].name}'s {parts[0][k]!r}")
+    order = {j: n for n, j in enumerate(jobs(parts[0]["variants"], parts[0]["seeds"]))}
+    runs = sorted((run_ for r in parts for run_ in r["runs"]), key=lambda r_: order[(r_["name"], r_["seed"])])
+    missing = set(order) - {(r["name"], r["seed"]) for r in runs}
+    if missing:
+        raise SystemExit(f"runs missing from the shards: {sorted(missing)}")
+    res = dict(parts[0])
+    res.update(
+        command=" ; ".join([r["command"] for r in parts] + ([command] if command else [])),
+        machine=" | ".join(dict.fromkeys(r["machine"] for r in parts)),
+        date=max(r["date"] for r in parts), runs=runs, table=summarise(runs), complete=True,
+        total_seconds=max(r["total_seconds"] for r in parts),
+        parallel_shards=len(parts), shard=None,
+    )
+    write_json(results_path(profile_name), res)
+    with atomic_write(results_path(profile_name, "md"), "w") as f:
+        f.write(to_markdown(res))
+    return res
+
+
 def run(profile: Profile, seeds, variants, iterations: int | None = None, command: str = "",
         progress: bool = False, write: bool = True, eval_frames: int | None = None,
-        overrides: dict | None = None) -> dict:
+        overrides: dict | None = None, shard: str | None = None) -> dict:
+    """Train and score every (variant, seed), writing results after each run.
+
+    ``shard="i/n"`` runs only that share of the runs (see :func:`jobs`) and writes it to
+    :func:`shard_path`; :func:`merge` combines the shards into the table.
+    """
     from npga.io import atomic_write, write_json
     from npga.train import prepare
 
@@ -294,27 +360,32 @@ def run(profile: Profile, seeds, variants, iterations: int | None = None, comman
             "seeds": list(seeds), "iterations": iterations or profile.avatar.iterations,
             "avatar_overrides": overrides or {}, "eval_frames": eval_frames,
             "variants": {k: VARIANTS[k] for k in variants}, "runs": runs, "table": summarise(runs),
-            "paper_quoted": PAPER_QUOTED, "total_seconds": time.perf_counter() - t0,
+            "paper_quoted": PAPER_QUOTED, "total_seconds": time.perf_counter() - t0, "shard": shard,
         }
 
     def save(res: dict) -> None:
         # written after every run: a crash (or a dataset rebuilt underneath) loses one run, not all
-        if write:
-            write_json(results_path(profile.name), res)
-            with atomic_write(results_path(profile.name, "md"), "w") as f:
-                f.write(to_markdown(res))
+        if not write:
+            return
+        if shard is not None:
+            path = shard_path(profile.name, shard)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, res)
+            return
+        write_json(results_path(profile.name), res)
+        with atomic_write(results_path(profile.name, "md"), "w") as f:
+            f.write(to_markdown(res))
 
-    for name in variants:
-        for seed in seeds:
-            r = train_variant(profile, name, seed, iterations=iterations, prepared=prepared, progress=progress,
-                              eval_frames=eval_frames)
-            keep = {k: r[k] for k in ("name", "seed", "spec", "metrics", "gap_psnr", "n_gaussians",
-                                      "train_seconds", "eval_seconds")}
-            runs.append(keep)
-            print(f"{name:20s} seed {seed}: novel {r['metrics']['novel_view']['psnr']:.2f}  "
-                  f"self {r['metrics']['self_reenactment']['psnr']:.2f}  gap {r['gap_psnr']:.2f}  "
-                  f"N={r['n_gaussians']}  {r['train_seconds']:.0f}s", flush=True)
-            save(result(False))
+    for name, seed in jobs(variants, seeds, shard):
+        r = train_variant(profile, name, seed, iterations=iterations, prepared=prepared, progress=progress,
+                          eval_frames=eval_frames)
+        keep = {k: r[k] for k in ("name", "seed", "spec", "metrics", "gap_psnr", "n_gaussians",
+                                  "train_seconds", "eval_seconds")}
+        runs.append(keep)
+        print(f"{name:20s} seed {seed}: novel {r['metrics']['novel_view']['psnr']:.2f}  "
+              f"self {r['metrics']['self_reenactment']['psnr']:.2f}  gap {r['gap_psnr']:.2f}  "
+              f"N={r['n_gaussians']}  {r['train_seconds']:.0f}s", flush=True)
+        save(result(False))
     final = result(True)
     save(final)
     return final
@@ -329,11 +400,19 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-frames", type=int, default=None, help="evaluate at most this many frames per sequence")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="override AvatarConfig fields, e.g. --set n_gaussians=1500 densify_from=20")
+    ap.add_argument("--shard", default=None, metavar="I/N",
+                    help="run every N-th (variant, seed) from I into benchmarks/results/shards/; "
+                         "start N processes (one per core), then --merge")
+    ap.add_argument("--merge", action="store_true", help="combine the profile's shard files into the table")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (the pair-list rasterizer is fastest on one; see render_cpu.json)")
     args = ap.parse_args(argv)
     P = get_profile(args.profile)
+    cmd = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.merge:
+        print(to_markdown(merge(P.name, command=cmd.strip())))
+        return
     if P.device == "cpu":
         torch.set_num_threads(args.threads)
     overrides = {}
@@ -344,9 +423,8 @@ def main(argv=None) -> None:
         overrides[key] = type(getattr(P.avatar, key))(value)
     if overrides:
         P = with_overrides(P, avatar=overrides)
-    cmd = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     res = run(P, args.seeds, args.variants, args.iterations, command=cmd.strip(), progress=args.progress,
-              eval_frames=args.eval_frames, overrides=overrides)
+              eval_frames=args.eval_frames, overrides=overrides, shard=args.shard)
     print(to_markdown(res))
 
 
@@ -355,6 +433,81 @@ if __name__ == "__main__":
 
 
 # --------------------------------------------------------------------------- for the chapters
+
+
+def comparison_lines(profile_name: str, pairs: list[tuple[str, str, str]]) -> str:
+    """``a`` minus ``b`` for each ``(a, b, label)`` in the stored ablation, with the seeds' spread.
+
+    A difference counts as "beyond the seed spread" only when it exceeds the larger of the
+    two variants' standard deviations; with three seeds that is a weak test, and the text
+    says which side of it each difference falls.
+    """
+    res = load_results(profile_name)
+    if res is None:
+        return ""
+    t = res["table"]
+    out = []
+    for a, b, label in pairs:
+        if a not in t or b not in t:
+            out.append(f"{label}: not in the {profile_name} results yet")
+            continue
+        parts = []
+        for key, short in (("novel_view_psnr", "novel view"), ("self_reenactment_psnr", "self-reenactment"),
+                           ("gap_psnr", "gap")):
+            d = t[a][key]["mean"] - t[b][key]["mean"]
+            sd = max(t[a][key]["std"], t[b][key]["std"])
+            parts.append(f"{short} {d:+.2f} dB ({'beyond' if abs(d) > sd else 'within'} seed std {sd:.2f})")
+        out.append(f"{label} [{profile_name}, {a} - {b}]: " + "; ".join(parts))
+    return "\n".join(out)
+
+
+def ablation_figure(profile_name: str, variants: list[str] | None = None):
+    """Bars (mean over seeds) with every seed as a dot: novel view, self-reenactment, gap.
+
+    Returns a matplotlib figure, or None when the profile has no stored ablation.
+    """
+    import matplotlib.pyplot as plt
+
+    res = load_results(profile_name)
+    if res is None:
+        return None
+    t = res["table"]
+    names = [v for v in (variants or list(t)) if v in t]
+    keys = (("novel_view_psnr", "novel views: PSNR (dB)"), ("self_reenactment_psnr", "self-reenactment: PSNR (dB)"),
+            ("gap_psnr", "gap = novel - self (dB)"))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 0.5 + 0.45 * len(names) + 1.0), sharey=True)
+    y = np.arange(len(names))
+    for ax, (key, title) in zip(axes, keys):
+        means = [t[n][key]["mean"] for n in names]
+        stds = [t[n][key]["std"] for n in names]
+        ax.barh(y, means, xerr=stds, color="#9ecae1", edgecolor="#3182bd", capsize=3)
+        for i, n in enumerate(names):
+            vals = t[n][key]["values"]
+            ax.plot(vals, np.full(len(vals), i), "o", color="#08306b", ms=3.5)
+        lo = min(min(t[n][key]["values"]) for n in names)
+        hi = max(max(t[n][key]["values"]) for n in names)
+        pad = 0.15 * (hi - lo) + 0.2
+        if key != "gap_psnr":
+            ax.set_xlim(lo - pad, hi + pad)  # bars start at the left edge: read the dots and the error bars
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, names)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"ablation, profile {profile_name}: mean ± std over seeds {res['seeds']} (dots: single seeds), "
+                 f"{res['iterations']} steps", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_report(profile_names, variants: list[str], pairs: list[tuple[str, str, str]]) -> str:
+    """The chapters' view of the ablation: table and differences for each profile (duplicates skipped)."""
+    blocks = []
+    for name in dict.fromkeys(profile_names):
+        blocks.append(f"=== profile {name} ===\n" + chapter_table(name, variants))
+        cmp = comparison_lines(name, pairs)
+        if cmp:
+            blocks.append(cmp)
+    return "\n\n".join(blocks)
 
 
 def chapter_table(profile_name: str, variants: list[str] | None = None) -> str:

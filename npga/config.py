@@ -4,7 +4,9 @@ Three profiles share all code and differ only in sizes:
 
 * ``mini`` -- CI and a first reading on a 2-core laptop: tiny images, few frames,
   small networks, a few hundred iterations. Every chapter in about a minute.
-* ``cpu``  -- a laptop session: results good enough to see each effect.
+* ``cpu``  -- a laptop session: results good enough to see each effect. Sized so that
+  the whole pipeline plus the 18-run ablation (chapters 6-8) fits in about two hours
+  on 2 cores (see benchmarks/results/ablation_cpu.md).
 * ``gpu``  -- one CUDA GPU at NPGA's evaluation resolution (550 x 802) with gsplat.
 
 Select a profile by name (``get_profile("cpu")``), by the notebook parameter
@@ -232,14 +234,14 @@ _PROFILES: dict[str, Profile] = {
         data=DataConfig(
             width=176,
             height=256,
-            participants=3,
+            participants=2,
             sequences=_FULL_SEQUENCES,
             heldout_sequence="FREE",
-            frames_per_sequence=16,
+            frames_per_sequence=8,
             supersample=2,
             mesh_resolution=96,
-            scan_identities=12,
-            scan_expressions=64,
+            scan_identities=10,
+            scan_expressions=40,
         ),
         render=RenderConfig(backend="auto", tile_size=16),
         static_fit=StaticFitConfig(
@@ -252,26 +254,27 @@ _PROFILES: dict[str, Profile] = {
             max_gaussians=40000,
         ),
         head_model=HeadModelConfig(
-            id_dims=16, exp_dims=16, hidden=128, layers=6, iterations=1500, samples_per_step=4096,
-            deform_iterations=1500, exp_dims_sweep=(2, 4, 8), sweep_iterations=800,
-            sdf_samples_per_mesh=30000, correspondences_per_scan=4000, mc_resolution=80,
-            fit_iterations=150, eval_scans=6, track_points=2000,
+            id_dims=16, exp_dims=16, hidden=128, layers=5, iterations=1200, samples_per_step=4096,
+            deform_iterations=1200, exp_dims_sweep=(2, 4, 8), sweep_iterations=500,
+            sdf_samples_per_mesh=24000, correspondences_per_scan=3000, mc_resolution=64,
+            fit_iterations=120, eval_scans=4, track_points=2000,
         ),
-        deform=DeformConfig(hidden=192, layers=6, iterations=4000, samples_per_step=8192),
+        deform=DeformConfig(hidden=128, layers=4, iterations=3000, samples_per_step=4096, eval_points=50_000),
         avatar=AvatarConfig(
-            n_gaussians=15000,
+            n_gaussians=8000,
             feature_dim=16,
-            detail_hidden=128,
-            iterations=3000,
+            detail_hidden=96,
+            iterations=1000,
             batch_cameras=2,
             knn_k=8,
             cnn_channels=32,
-            densify_from=300,
-            densify_until=2400,
+            checkpoint_every=500,
+            densify_from=100,
+            densify_until=800,
             densify_every=100,
-            opacity_reset_every=1500,
-            max_gaussians=40000,
-            demo_iterations=600,
+            opacity_reset_every=0,
+            max_gaussians=16000,
+            demo_iterations=300,
         ),
     ),
     "gpu": Profile(

@@ -80,6 +80,20 @@ class DynamicADC:
             seed=seed, **overrides,
         )
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to densify exactly as an uninterrupted one (npga.train checkpoints)."""
+        st = None if self.state is None else {k: getattr(self.state, k).detach().cpu().clone()
+                                              for k in self.state._tensors()}
+        return {"state": st, "generator": self.gen.get_state(), "history": self.history}
+
+    def load_state_dict(self, sd: dict, device: str | torch.device = "cpu") -> None:
+        self.gen.set_state(sd["generator"])
+        self.history = list(sd["history"])
+        self.state = None
+        if sd["state"] is not None:
+            t = {k: v.to(device) for k, v in sd["state"].items()}
+            self.state = DensifyState(t["grad2d"], t["count"], t["max_radii"], self.scene_extent)
+
     def accumulate(self, avatar, render) -> None:
         n = avatar.n_gaussians
         if self.state is None or self.state.grad2d.shape[0] != n:

@@ -144,8 +144,19 @@ class LaplacianRegularizer:
         return cls(k=cfg.knn_k, w_features=cfg.lap_features, w_dynamics=cfg.lap_dynamics,
                    rebuild_every=cfg.knn_rebuild_every)
 
+    def state_dict(self) -> dict:
+        """The graph and when it was built, so that a resumed run rebuilds it on the same steps."""
+        return {"nbrs": None if self.nbrs is None else self.nbrs.cpu(), "built_at": self._built_at}
+
+    def load_state_dict(self, sd: dict, device: str | torch.device = "cpu") -> None:
+        self.nbrs = None if sd["nbrs"] is None else sd["nbrs"].to(device)
+        self._built_at = sd["built_at"]
+        self._built_for = "adopt"  # the restored graph belongs to the restored means, whatever object holds them
+
     def graph(self, avatar, step: int = 0) -> Tensor:
         means = avatar.gaussians["means"]
+        if self._built_for == "adopt" and self.nbrs is not None and self.nbrs.shape[0] == means.shape[0]:
+            self._built_for = means
         stale = (self.nbrs is None or self._built_for is not means or self.nbrs.shape[0] != means.shape[0]
                  or (self.rebuild_every and step - self._built_at >= self.rebuild_every))
         if stale:

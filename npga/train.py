@@ -97,12 +97,22 @@ class Hooks:
     * ``after_backward``: ``fn(avatar, optimizers, render, step)`` after the gradients are
       computed and applied, e.g. adaptive density control (``meta["means2d"].grad`` is
       retained whenever this list is not empty).
+
+    A hook object with ``state_dict()`` / ``load_state_dict(sd, device)`` (ADC's running
+    statistics, the Laplacian's k-NN graph) is saved in checkpoints and restored on resume.
     """
 
     losses: dict[str, Callable[..., Tensor]] = field(default_factory=dict)
     modules: dict[str, tuple[nn.Module, float]] = field(default_factory=dict)
     image_head: Callable[[AvatarRender, dict], Tensor] | None = None
     after_backward: list[Callable[..., None]] = field(default_factory=list)
+
+
+    def stateful(self) -> dict[str, Any]:
+        """Hook objects whose state is checkpointed, by a stable name."""
+        named = [(f"losses.{k}", fn) for k, fn in self.losses.items()]
+        named += [(f"after_backward.{i}", fn) for i, fn in enumerate(self.after_backward)]
+        return {k: fn for k, fn in named if hasattr(fn, "state_dict") and hasattr(fn, "load_state_dict")}
 
 
 @dataclass
@@ -258,6 +268,7 @@ def save_checkpoint(path, avatar, optimizers, sampler, step, history, evals, cfg
         "avatar": avatar.state(),
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
         "modules": {k: m.state_dict() for k, (m, _) in hooks.modules.items()},
+        "hooks": {k: h.state_dict() for k, h in hooks.stateful().items()},
         "rng": _rng_state(sampler),
         "history": history,
         "evals": evals,
@@ -321,6 +332,11 @@ def train(
         avatar.load_state(ckpt["avatar"])
         for k, (m, _) in hooks.modules.items():
             m.load_state_dict(ckpt["modules"][k])
+        saved = ckpt.get("hooks", {})
+        for k, h in hooks.stateful().items():
+            if k not in saved:
+                raise ValueError(f"{checkpoint}: checkpoint has no state for hook {k!r} (written by another setup?)")
+            h.load_state_dict(saved[k], device=avatar.gaussians["means"].device)
     else:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)

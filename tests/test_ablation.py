@@ -165,3 +165,48 @@ def test_hooks_train_on_a_tiny_capture(tmp_path):
     assert parts["laplacian"].nbrs.shape == (av.n_gaussians, P.avatar.knn_k)  # graph followed it
     assert np.isfinite(res.history["loss"]).all()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in parts["cnn"].parameters())
+
+
+def test_shards_partition_the_runs_and_merge_into_one_table(tmp_path, monkeypatch):
+    ab = _ablation()
+    variants, seeds = ["vanilla", "features", "full"], [0, 1, 2]
+    everything = ab.jobs(variants, seeds)
+    shards = [ab.jobs(variants, seeds, f"{i}/2") for i in range(2)]
+    assert sorted(shards[0] + shards[1]) == sorted(everything)
+    assert not set(shards[0]) & set(shards[1])
+    assert abs(len(shards[0]) - len(shards[1])) <= 1
+    with pytest.raises(SystemExit, match="i must be"):
+        ab.jobs(variants, seeds, "2/2")
+
+    monkeypatch.setattr(ab, "RESULTS", tmp_path)
+
+    def run_record(name, seed):
+        psnr = 20.0 + seed + (name == "full")
+        m = {"psnr": psnr, "ssim": 0.9}
+        return {"name": name, "seed": seed, "spec": {}, "metrics": {"novel_view": m, "self_reenactment": {
+            "psnr": psnr - 1, "ssim": 0.8}}, "gap_psnr": 1.0, "n_gaussians": 100, "train_seconds": 1.0,
+            "eval_seconds": 0.1}
+
+    def write_shard(i, runs, complete=True):
+        p = ab.shard_path("toy", f"{i}/2")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        rec = {"profile": "toy", "command": f"shard {i}", "machine": "m", "complete": complete,
+               "date": "2026-11-27T00:00:00+00:00", "seeds": seeds, "iterations": 5, "avatar_overrides": {},
+               "eval_frames": None, "variants": {v: {} for v in variants}, "runs": runs, "table": {},
+               "paper_quoted": {}, "total_seconds": 10.0 + i, "shard": f"{i}/2"}
+        p.write_text(__import__("json").dumps(rec))
+
+    write_shard(0, [run_record(*j) for j in shards[0]])
+    write_shard(1, [run_record(*j) for j in shards[1][:-1]], complete=False)
+    with pytest.raises(SystemExit, match="not complete"):
+        ab.merge("toy")
+    write_shard(1, [run_record(*j) for j in shards[1][:-1]])
+    with pytest.raises(SystemExit, match="missing"):
+        ab.merge("toy")
+    write_shard(1, [run_record(*j) for j in shards[1]])
+    res = ab.merge("toy", command="merge")
+    assert [(r["name"], r["seed"]) for r in res["runs"]] == everything
+    assert res["table"]["full"]["novel_view_psnr"]["mean"] == pytest.approx(22.0)
+    assert res["table"]["vanilla"]["novel_view_psnr"]["std"] == pytest.approx(1.0)
+    assert res["command"] == "shard 0 ; shard 1 ; merge"
+    assert (tmp_path / "ablation_toy.md").is_file()

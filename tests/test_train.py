@@ -93,6 +93,40 @@ def test_resumed_run_equals_uninterrupted_run(capture, tmp_path):
     assert not torch.equal(sa["g.means"], _snapshot(make_avatar(P, part, 300))["g.means"])
 
 
+def test_resume_with_density_control_and_laplacian_equals_uninterrupted_run(capture, tmp_path):
+    """ADC's running statistics and the k-NN graph are checkpointed with the avatar."""
+    from npga.densify import DensifyConfig
+    from npga.densify_dynamic import DynamicADC
+    from npga.regularizers import LaplacianRegularizer
+
+    P, part = capture
+    data = TrainData(part, [SEQS[0]], codes="nphm")
+    cfg = TrainConfig.from_profile(P, iterations=8, checkpoint_every=1, log_every=1)
+
+    def hooks():
+        # a low threshold so that every densification round really adds Gaussians
+        adc = DynamicADC(densify_from=0, densify_until=8, densify_every=3, scene_extent=0.1,
+                         cfg=DensifyConfig(grad_threshold=1e-7, max_gaussians=2000))
+        return Hooks(losses={"laplacian": LaplacianRegularizer(k=4, rebuild_every=3)}, after_backward=[adc])
+
+    a, ha = make_avatar(P, part, 300), hooks()
+    full = train(a, data, cfg, checkpoint=tmp_path / "a.pt", hooks=ha, progress=False)
+    grown = [r["clone"] + r["split"] for r in ha.after_backward[0].history]
+    assert len(grown) == 2 and min(grown) > 0 and a.n_gaussians > 300
+
+    b = make_avatar(P, part, 300)
+    train(b, data, cfg, checkpoint=tmp_path / "b.pt", hooks=hooks(), stop_after=4, progress=False)  # mid-accumulation
+    torch.manual_seed(99)
+    c, hc = make_avatar(P, part, 300, seed=1), hooks()
+    rest = train(c, data, cfg, checkpoint=tmp_path / "b.pt", hooks=hc, progress=False)
+    assert rest.steps_run == 4
+    sa, sc = _snapshot(a), _snapshot(c)
+    for k in sa:
+        assert torch.equal(sa[k], sc[k]), f"{k} differs between the resumed and the uninterrupted run"
+    assert full.history["loss"] == rest.history["loss"]
+    assert [r["step"] for r in hc.after_backward[0].history] == [r["step"] for r in ha.after_backward[0].history]
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(capture, tmp_path):
     P, part = capture
     data = TrainData(part, [SEQS[0]], codes="nphm")
