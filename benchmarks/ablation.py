@@ -499,6 +499,60 @@ def ablation_figure(profile_name: str, variants: list[str] | None = None):
     return fig
 
 
+# The paper's claims tested by the ablation: (a, b, metric, sign, claim). sign +1: the claim is
+# that a's mean of metric exceeds b's; -1: that it is lower (the gap).
+CLAIMS = [
+    ("features", "vanilla", "self_reenactment_psnr", +1, "per-Gaussian features improve self-reenactment"),
+    ("features+laplacian", "features", "self_reenactment_psnr", +1, "Laplacian terms improve self-reenactment"),
+    ("features+laplacian", "features", "gap_psnr", -1, "Laplacian terms shrink the novel-view/self-reenactment gap"),
+    ("full", "features+laplacian", "self_reenactment_psnr", +1, "the screen-space CNN improves self-reenactment"),
+    ("full", "features+laplacian", "gap_psnr", -1, "the screen-space CNN shrinks the gap"),
+    ("full", "full-3dgs-adc", "novel_view_psnr", +1, "NPGA's density control beats plain 3DGS densification"),
+    ("full", "full-3dmm", "self_reenactment_psnr", +1, "NPHM codes beat linear 3DMM codes (paper: 30.26 vs 28.82)"),
+]
+
+
+def claim_verdicts(profile_name: str) -> list[dict]:
+    """Each claim of :data:`CLAIMS` judged on the stored ablation of a profile.
+
+    ``verdict``: "reproduced" (the paper's direction, beyond the larger seed std of the two
+    variants), "same direction, within seed spread", "opposite, within seed spread",
+    "contradicted" (the other direction, beyond the spread), "no difference" (under 0.005 dB),
+    or "not run" when a variant is missing.
+    """
+    res = load_results(profile_name)
+    t = res["table"] if res else {}
+    out = []
+    for a, b, key, sign, claim in CLAIMS:
+        row = {"claim": claim, "a": a, "b": b, "metric": key}
+        if a not in t or b not in t:
+            out.append({**row, "verdict": "not run"})
+            continue
+        d = t[a][key]["mean"] - t[b][key]["mean"]
+        sd = max(t[a][key]["std"], t[b][key]["std"])
+        same, clear = d * sign > 0, abs(d) > sd
+        if abs(d) < 0.005:  # below the printed precision
+            verdict = "no difference"
+        elif same:
+            verdict = "reproduced" if clear else "same direction, within seed spread"
+        else:
+            verdict = "contradicted" if clear else "opposite, within seed spread"
+        out.append({**row, "difference": d, "seed_std": sd, "verdict": verdict})
+    return out
+
+
+def claims_table(profile_name: str) -> str:
+    """:func:`claim_verdicts` as text for the chapters and the closing note."""
+    rows = [f"{'claim (paper)':60s} {'ours: a - b':>12s} {'seed std':>9s}  verdict on SynthHead ({profile_name})"]
+    for v in claim_verdicts(profile_name):
+        if "difference" not in v:
+            rows.append(f"{v['claim']:60s} {'':>12s} {'':>9s}  {v['verdict']}")
+            continue
+        unit = v["metric"].replace("_psnr", " PSNR").replace("_", " ")
+        rows.append(f"{v['claim']:60s} {v['difference']:+9.2f} dB {v['seed_std']:9.2f}  {v['verdict']}  ({unit})")
+    return "\n".join(rows)
+
+
 def ablation_report(profile_names, variants: list[str], pairs: list[tuple[str, str, str]]) -> str:
     """The chapters' view of the ablation: table and differences for each profile (duplicates skipped)."""
     blocks = []

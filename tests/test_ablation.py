@@ -210,3 +210,28 @@ def test_shards_partition_the_runs_and_merge_into_one_table(tmp_path, monkeypatc
     assert res["table"]["vanilla"]["novel_view_psnr"]["std"] == pytest.approx(1.0)
     assert res["command"] == "shard 0 ; shard 1 ; merge"
     assert (tmp_path / "ablation_toy.md").is_file()
+
+
+def test_claim_verdicts_follow_direction_and_seed_spread(tmp_path, monkeypatch):
+    ab = _ablation()
+    monkeypatch.setattr(ab, "RESULTS", tmp_path)
+
+    def entry(nv, sr):  # three seeds each, std 1 dB
+        vals = lambda m: {"mean": m, "std": 1.0, "values": [m - 1, m, m + 1]}  # noqa: E731
+        return {"novel_view_psnr": vals(nv), "self_reenactment_psnr": vals(sr), "gap_psnr": vals(nv - sr)}
+
+    table = {"vanilla": entry(25, 20), "features": entry(25, 22.5),  # features: +2.5 dB, beyond 1 dB
+             "features+laplacian": entry(24.4, 22.0),  # SR -0.5 dB: opposite; gap -0.1 dB: same direction
+             "full": entry(25, 22.0)}  # CNN: exactly equal
+    (tmp_path / "ablation_toy.json").write_text(__import__("json").dumps({"table": table}))
+    v = {(r["a"], r["b"], r["metric"]): r["verdict"] for r in ab.claim_verdicts("toy")}
+    assert v[("features", "vanilla", "self_reenactment_psnr")] == "reproduced"
+    assert v[("features+laplacian", "features", "self_reenactment_psnr")] == "opposite, within seed spread"
+    assert v[("features+laplacian", "features", "gap_psnr")] == "same direction, within seed spread"
+    assert v[("full", "features+laplacian", "self_reenactment_psnr")] == "no difference"
+    assert v[("full", "full-3dmm", "self_reenactment_psnr")] == "not run"
+    table["features"] = entry(25, 18.0)  # features now clearly worse
+    (tmp_path / "ablation_toy.json").write_text(__import__("json").dumps({"table": table}))
+    v = {(r["a"], r["b"], r["metric"]): r["verdict"] for r in ab.claim_verdicts("toy")}
+    assert v[("features", "vanilla", "self_reenactment_psnr")] == "contradicted"
+    assert "contradicted" in ab.claims_table("toy")
