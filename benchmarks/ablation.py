@@ -435,12 +435,38 @@ if __name__ == "__main__":
 # --------------------------------------------------------------------------- for the chapters
 
 
-def comparison_lines(profile_name: str, pairs: list[tuple[str, str, str]]) -> str:
-    """``a`` minus ``b`` for each ``(a, b, label)`` in the stored ablation, with the seeds' spread.
+def paired_difference(table: dict, a: str, b: str, key: str) -> dict:
+    """a minus b in ``key``, paired by seed: mean, std and a two-sided paired t-test.
 
-    A difference counts as "beyond the seed spread" only when it exceeds the larger of the
-    two variants' standard deviations; with three seeds that is a weak test, and the text
-    says which side of it each difference falls.
+    Runs with the same seed share the initialisation and the order of (frame, camera)
+    draws, and much of the seed-to-seed spread is shared by all variants (an easy or hard
+    sample order), so differences are taken seed by seed. ``p`` is the paired t-test's
+    two-sided p-value over the n common seeds (``nan`` with fewer than 2 seeds; 0 when the
+    differences are identical and non-zero).
+    """
+    from scipy import stats
+
+    va = dict(zip(table[a]["seeds"], table[a][key]["values"]))
+    vb = dict(zip(table[b]["seeds"], table[b][key]["values"]))
+    seeds = sorted(set(va) & set(vb))
+    d = np.array([va[s_] - vb[s_] for s_ in seeds])
+    out = {"mean": float(d.mean()) if len(d) else float("nan"), "n": len(d), "values": d.tolist()}
+    if len(d) < 2:
+        return {**out, "std": float("nan"), "p": float("nan")}
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        p = 1.0 if out["mean"] == 0 else 0.0
+    else:
+        p = float(stats.ttest_1samp(d, 0.0).pvalue)
+    return {**out, "std": sd, "p": p}
+
+
+def comparison_lines(profile_name: str, pairs: list[tuple[str, str, str]]) -> str:
+    """``a`` minus ``b`` for each ``(a, b, label)`` in the stored ablation, paired by seed.
+
+    Each difference is printed with its seed-by-seed spread and the paired t-test's p-value
+    (:func:`paired_difference`); with three seeds only large, consistent differences reach
+    p < 0.05.
     """
     res = load_results(profile_name)
     if res is None:
@@ -454,49 +480,10 @@ def comparison_lines(profile_name: str, pairs: list[tuple[str, str, str]]) -> st
         parts = []
         for key, short in (("novel_view_psnr", "novel view"), ("self_reenactment_psnr", "self-reenactment"),
                            ("gap_psnr", "gap")):
-            d = t[a][key]["mean"] - t[b][key]["mean"]
-            sd = max(t[a][key]["std"], t[b][key]["std"])
-            parts.append(f"{short} {d:+.2f} dB ({'beyond' if abs(d) > sd else 'within'} seed std {sd:.2f})")
-        out.append(f"{label} [{profile_name}, {a} - {b}]: " + "; ".join(parts))
+            d = paired_difference(t, a, b, key)
+            parts.append(f"{short} {d['mean']:+.2f} ± {d['std']:.2f} dB (p = {d['p']:.2f})")
+        out.append(f"{label} [{profile_name}, {a} - {b}, paired over {d['n']} seeds]: " + "; ".join(parts))
     return "\n".join(out)
-
-
-def ablation_figure(profile_name: str, variants: list[str] | None = None):
-    """Bars (mean over seeds) with every seed as a dot: novel view, self-reenactment, gap.
-
-    Returns a matplotlib figure, or None when the profile has no stored ablation.
-    """
-    import matplotlib.pyplot as plt
-
-    res = load_results(profile_name)
-    if res is None:
-        return None
-    t = res["table"]
-    names = [v for v in (variants or list(t)) if v in t]
-    keys = (("novel_view_psnr", "novel views: PSNR (dB)"), ("self_reenactment_psnr", "self-reenactment: PSNR (dB)"),
-            ("gap_psnr", "gap = novel - self (dB)"))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 0.5 + 0.45 * len(names) + 1.0), sharey=True)
-    y = np.arange(len(names))
-    for ax, (key, title) in zip(axes, keys):
-        means = [t[n][key]["mean"] for n in names]
-        stds = [t[n][key]["std"] for n in names]
-        ax.barh(y, means, xerr=stds, color="#9ecae1", edgecolor="#3182bd", capsize=3)
-        for i, n in enumerate(names):
-            vals = t[n][key]["values"]
-            ax.plot(vals, np.full(len(vals), i), "o", color="#08306b", ms=3.5)
-        lo = min(min(t[n][key]["values"]) for n in names)
-        hi = max(max(t[n][key]["values"]) for n in names)
-        pad = 0.15 * (hi - lo) + 0.2
-        if key != "gap_psnr":
-            ax.set_xlim(lo - pad, hi + pad)  # bars start at the left edge: read the dots and the error bars
-        ax.set_title(title, fontsize=10)
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(y, names)
-    axes[0].invert_yaxis()
-    fig.suptitle(f"ablation, profile {profile_name}: mean ± std over seeds {res['seeds']} (dots: single seeds), "
-                 f"{res['iterations']} steps", fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 # The paper's claims tested by the ablation: (a, b, metric, sign, claim). sign +1: the claim is
@@ -512,13 +499,13 @@ CLAIMS = [
 ]
 
 
-def claim_verdicts(profile_name: str) -> list[dict]:
+def claim_verdicts(profile_name: str, alpha: float = 0.05) -> list[dict]:
     """Each claim of :data:`CLAIMS` judged on the stored ablation of a profile.
 
-    ``verdict``: "reproduced" (the paper's direction, beyond the larger seed std of the two
-    variants), "same direction, within seed spread", "opposite, within seed spread",
-    "contradicted" (the other direction, beyond the spread), "no difference" (under 0.005 dB),
-    or "not run" when a variant is missing.
+    The difference a - b is paired by seed (:func:`paired_difference`). ``verdict``:
+    "reproduced" (the paper's direction, paired t-test p < ``alpha``), "same direction, not
+    significant", "opposite, not significant", "contradicted" (the other direction,
+    p < ``alpha``), "no difference" (under 0.005 dB), or "not run" when a variant is missing.
     """
     res = load_results(profile_name)
     t = res["table"] if res else {}
@@ -528,28 +515,30 @@ def claim_verdicts(profile_name: str) -> list[dict]:
         if a not in t or b not in t:
             out.append({**row, "verdict": "not run"})
             continue
-        d = t[a][key]["mean"] - t[b][key]["mean"]
-        sd = max(t[a][key]["std"], t[b][key]["std"])
-        same, clear = d * sign > 0, abs(d) > sd
+        pd_ = paired_difference(t, a, b, key)
+        d = pd_["mean"]
+        same, significant = d * sign > 0, pd_["p"] < alpha
         if abs(d) < 0.005:  # below the printed precision
             verdict = "no difference"
         elif same:
-            verdict = "reproduced" if clear else "same direction, within seed spread"
+            verdict = "reproduced" if significant else "same direction, not significant"
         else:
-            verdict = "contradicted" if clear else "opposite, within seed spread"
-        out.append({**row, "difference": d, "seed_std": sd, "verdict": verdict})
+            verdict = "contradicted" if significant else "opposite, not significant"
+        out.append({**row, "difference": d, "paired_std": pd_["std"], "p": pd_["p"], "n_seeds": pd_["n"],
+                    "verdict": verdict})
     return out
 
 
 def claims_table(profile_name: str) -> str:
     """:func:`claim_verdicts` as text for the chapters and the closing note."""
-    rows = [f"{'claim (paper)':60s} {'ours: a - b':>12s} {'seed std':>9s}  verdict on SynthHead ({profile_name})"]
+    rows = [f"{'claim (paper)':60s} {'ours: a - b (paired)':>22s} {'p':>6s}  verdict on SynthHead ({profile_name})"]
     for v in claim_verdicts(profile_name):
         if "difference" not in v:
-            rows.append(f"{v['claim']:60s} {'':>12s} {'':>9s}  {v['verdict']}")
+            rows.append(f"{v['claim']:60s} {'':>22s} {'':>6s}  {v['verdict']}")
             continue
         unit = v["metric"].replace("_psnr", " PSNR").replace("_", " ")
-        rows.append(f"{v['claim']:60s} {v['difference']:+9.2f} dB {v['seed_std']:9.2f}  {v['verdict']}  ({unit})")
+        diff = f"{v['difference']:+.2f} ± {v['paired_std']:.2f} dB"
+        rows.append(f"{v['claim']:60s} {diff:>22s} {v['p']:6.2f}  {v['verdict']}  ({unit})")
     return "\n".join(rows)
 
 
@@ -572,7 +561,8 @@ def chapter_table(profile_name: str, variants: list[str] | None = None) -> str:
     res = load_results(profile_name)
     if res is None:
         return (f"No ablation results for profile {profile_name!r} yet: run "
-                f"`python benchmarks/ablation.py --profile {profile_name}` (writes {results_path(profile_name)}).")
+                f"`python benchmarks/ablation.py --profile {profile_name}` "
+                f"(writes {results_path(profile_name).relative_to(REPO)}).")
     t = res["table"]
     names = [v for v in (variants or list(t)) if v in t]
     head = (f"{'variant':20s} {'novel-view PSNR':>17s} {'self-reen. PSNR':>17s} {'gap':>13s} {'Gaussians':>9s}"

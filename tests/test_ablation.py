@@ -212,25 +212,36 @@ def test_shards_partition_the_runs_and_merge_into_one_table(tmp_path, monkeypatc
     assert (tmp_path / "ablation_toy.md").is_file()
 
 
-def test_claim_verdicts_follow_direction_and_seed_spread(tmp_path, monkeypatch):
+def test_claim_verdicts_pair_runs_by_seed(tmp_path, monkeypatch):
     ab = _ablation()
     monkeypatch.setattr(ab, "RESULTS", tmp_path)
 
-    def entry(nv, sr):  # three seeds each, std 1 dB
-        vals = lambda m: {"mean": m, "std": 1.0, "values": [m - 1, m, m + 1]}  # noqa: E731
-        return {"novel_view_psnr": vals(nv), "self_reenactment_psnr": vals(sr), "gap_psnr": vals(nv - sr)}
+    def entry(nv, sr):  # per-seed values for seeds 0, 1, 2
+        vals = lambda v: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)), "values": list(v)}  # noqa: E731
+        return {"seeds": [0, 1, 2], "novel_view_psnr": vals(nv), "self_reenactment_psnr": vals(sr),
+                "gap_psnr": vals([a - b for a, b in zip(nv, sr)])}
 
-    table = {"vanilla": entry(25, 20), "features": entry(25, 22.5),  # features: +2.5 dB, beyond 1 dB
-             "features+laplacian": entry(24.4, 22.0),  # SR -0.5 dB: opposite; gap -0.1 dB: same direction
-             "full": entry(25, 22.0)}  # CNN: exactly equal
+    base = [20.0, 21.0, 23.0]  # a large spread between seeds that every variant shares
+    nv = [25.0, 26.0, 28.0]
+    table = {
+        "vanilla": entry(nv, base),
+        # +0.3 dB on every seed: far below the 1.5 dB seed std, yet consistent -> significant when paired
+        "features": entry(nv, [b + 0.3 + e for b, e in zip(base, (0.01, -0.01, 0.0))]),
+        # -0.2 dB on average but noisy: opposite, not significant
+        "features+laplacian": entry(nv, [b + 0.3 + e for b, e in zip(base, (-1.0, 0.9, -0.5))]),
+        "full": entry(nv, [b + 0.3 + e for b, e in zip(base, (-1.0, 0.9, -0.5))]),  # equal to f+l
+    }
     (tmp_path / "ablation_toy.json").write_text(__import__("json").dumps({"table": table}))
-    v = {(r["a"], r["b"], r["metric"]): r["verdict"] for r in ab.claim_verdicts("toy")}
-    assert v[("features", "vanilla", "self_reenactment_psnr")] == "reproduced"
-    assert v[("features+laplacian", "features", "self_reenactment_psnr")] == "opposite, within seed spread"
-    assert v[("features+laplacian", "features", "gap_psnr")] == "same direction, within seed spread"
-    assert v[("full", "features+laplacian", "self_reenactment_psnr")] == "no difference"
-    assert v[("full", "full-3dmm", "self_reenactment_psnr")] == "not run"
-    table["features"] = entry(25, 18.0)  # features now clearly worse
+    v = {(r["a"], r["b"], r["metric"]): r for r in ab.claim_verdicts("toy")}
+    feat = v[("features", "vanilla", "self_reenactment_psnr")]
+    assert feat["verdict"] == "reproduced" and feat["p"] < 0.01 and feat["difference"] == pytest.approx(0.3)
+    assert v[("features+laplacian", "features", "self_reenactment_psnr")]["verdict"] == "opposite, not significant"
+    assert v[("features+laplacian", "features", "gap_psnr")]["verdict"] == "opposite, not significant"  # gap +0.2
+    assert v[("full", "features+laplacian", "self_reenactment_psnr")]["verdict"] == "no difference"
+    assert v[("full", "full-3dmm", "self_reenactment_psnr")]["verdict"] == "not run"
+    # the same +0.3 dB judged unpaired would vanish in the 1.5 dB seed spread
+    assert abs(feat["difference"]) < table["vanilla"]["self_reenactment_psnr"]["std"]
+    table["features"] = entry(nv, [b - 0.3 for b in base])  # features consistently worse
     (tmp_path / "ablation_toy.json").write_text(__import__("json").dumps({"table": table}))
     v = {(r["a"], r["b"], r["metric"]): r["verdict"] for r in ab.claim_verdicts("toy")}
     assert v[("features", "vanilla", "self_reenactment_psnr")] == "contradicted"
