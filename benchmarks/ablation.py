@@ -542,6 +542,44 @@ def claims_table(profile_name: str) -> str:
     return "\n".join(rows)
 
 
+def ablation_figure(profile_name: str, variants: list[str] | None = None):
+    """Bars (mean over seeds) with every seed as a dot: novel view, self-reenactment, gap.
+
+    Returns a matplotlib figure, or None when the profile has no stored ablation.
+    """
+    import matplotlib.pyplot as plt
+
+    res = load_results(profile_name)
+    if res is None:
+        return None
+    t = res["table"]
+    names = [v for v in (variants or list(t)) if v in t]
+    keys = (("novel_view_psnr", "novel views: PSNR (dB)"), ("self_reenactment_psnr", "self-reenactment: PSNR (dB)"),
+            ("gap_psnr", "gap = novel - self (dB)"))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 0.5 + 0.45 * len(names) + 1.0), sharey=True)
+    y = np.arange(len(names))
+    for ax, (key, title) in zip(axes, keys):
+        means = [t[n][key]["mean"] for n in names]
+        stds = [t[n][key]["std"] for n in names]
+        ax.barh(y, means, xerr=stds, color="#9ecae1", edgecolor="#3182bd", capsize=3)
+        for i, n in enumerate(names):
+            vals = t[n][key]["values"]
+            ax.plot(vals, np.full(len(vals), i), "o", color="#08306b", ms=3.5)
+        lo = min(min(t[n][key]["values"]) for n in names)
+        hi = max(max(t[n][key]["values"]) for n in names)
+        pad = 0.15 * (hi - lo) + 0.2
+        if key != "gap_psnr":
+            ax.set_xlim(lo - pad, hi + pad)  # bars start at the left edge: read the dots and the error bars
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, names)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"ablation, profile {profile_name}: mean ± std over seeds {res['seeds']} (dots: single seeds), "
+                 f"{res['iterations']} steps", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def ablation_report(profile_names, variants: list[str], pairs: list[tuple[str, str, str]]) -> str:
     """The chapters' view of the ablation: table and differences for each profile (duplicates skipped)."""
     blocks = []

@@ -246,3 +246,20 @@ def test_claim_verdicts_pair_runs_by_seed(tmp_path, monkeypatch):
     v = {(r["a"], r["b"], r["metric"]): r["verdict"] for r in ab.claim_verdicts("toy")}
     assert v[("features", "vanilla", "self_reenactment_psnr")] == "contradicted"
     assert "contradicted" in ab.claims_table("toy")
+
+
+def test_ablation_figure_draws_every_seed_and_is_none_without_results(tmp_path, monkeypatch):
+    ab = _ablation()
+    monkeypatch.setattr(ab, "RESULTS", tmp_path)
+    assert ab.ablation_figure("toy") is None
+    vals = lambda v: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)), "values": v}  # noqa: E731
+    table = {n: {"seeds": [0, 1, 2], "novel_view_psnr": vals([25.0 + k, 25.5, 26.0]),
+                 "self_reenactment_psnr": vals([21.0, 21.5 + k, 22.0]), "gap_psnr": vals([4.0, 4.0 - k, 4.0])}
+             for k, n in enumerate(["vanilla", "features"])}
+    (tmp_path / "ablation_toy.json").write_text(__import__("json").dumps(
+        {"table": table, "seeds": [0, 1, 2], "iterations": 10}))
+    fig = ab.ablation_figure("toy")
+    assert len(fig.axes) == 3
+    dots = [ln for ln in fig.axes[0].lines if ln.get_marker() == "o"]
+    assert sum(len(ln.get_xdata()) for ln in dots) == 6  # 2 variants x 3 seeds
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["vanilla", "features"]
