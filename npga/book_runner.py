@@ -85,11 +85,13 @@ def chapters_from_toc(root: Path = REPO_ROOT) -> list[Path]:
 
 
 def package_digest(root: Path = REPO_ROOT) -> str:
-    """Hash of the package's and data scripts' source, and of the recorded benchmark
-    results that chapters load (so a new results file re-executes those chapters)."""
+    """Hash of the package's, data scripts' and benchmark scripts' source, and of the recorded
+    benchmark results that chapters load (so a new results file re-executes those chapters)."""
     h = hashlib.sha256()
     files = []
-    for folder, pattern in (("npga", "*.py"), ("data_scripts", "*.py"), ("benchmarks/results", "*")):
+    # benchmarks/*.py too: chapters 5-8 import benchmarks/ablation.py
+    sources = (("npga", "*.py"), ("data_scripts", "*.py"), ("benchmarks", "*.py"), ("benchmarks/results", "*"))
+    for folder, pattern in sources:
         files += sorted((root / folder).rglob(pattern))
     for path in files:
         if path.is_file() and not path.name.startswith("."):  # skip in-flight temp files
