@@ -277,6 +277,15 @@ def load_results(profile_name: str) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def write_table(profile_name: str, res: dict) -> None:
+    """Write ``ablation_{profile}.json`` and its markdown table, each atomically."""
+    from npga.io import atomic_write, write_json
+
+    write_json(results_path(profile_name), res)
+    with atomic_write(results_path(profile_name, "md"), "w") as f:
+        f.write(to_markdown(res))
+
+
 def shard_path(profile_name: str, shard: str) -> Path:
     """Where shard ``"i/n"`` of a parallel ablation writes its runs (merged by ``--merge``)."""
     i, n = shard.split("/")
@@ -306,7 +315,6 @@ def merge(profile_name: str, command: str = "") -> dict:
 
     Refuses when shards disagree on settings, a shard is incomplete, or a run is missing.
     """
-    from npga.io import atomic_write, write_json
 
     paths = sorted((RESULTS / "shards").glob(f"ablation_{profile_name}.shard*of*.json"))
     if not paths:
@@ -332,9 +340,7 @@ def merge(profile_name: str, command: str = "") -> dict:
         total_seconds=max(r["total_seconds"] for r in parts),
         parallel_shards=len(parts), shard=None,
     )
-    write_json(results_path(profile_name), res)
-    with atomic_write(results_path(profile_name, "md"), "w") as f:
-        f.write(to_markdown(res))
+    write_table(profile_name, res)
     return res
 
 
@@ -346,7 +352,7 @@ def run(profile: Profile, seeds, variants, iterations: int | None = None, comman
     ``shard="i/n"`` runs only that share of the runs (see :func:`jobs`) and writes it to
     :func:`shard_path`; :func:`merge` combines the shards into the table.
     """
-    from npga.io import atomic_write, write_json
+    from npga.io import write_json
     from npga.train import prepare
 
     t0 = time.perf_counter()
@@ -372,9 +378,7 @@ def run(profile: Profile, seeds, variants, iterations: int | None = None, comman
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, res)
             return
-        write_json(results_path(profile.name), res)
-        with atomic_write(results_path(profile.name, "md"), "w") as f:
-            f.write(to_markdown(res))
+        write_table(profile.name, res)
 
     for name, seed in jobs(variants, seeds, shard):
         r = train_variant(profile, name, seed, iterations=iterations, prepared=prepared, progress=progress,
