@@ -39,7 +39,7 @@ data: $(STAMP)
 	$(PY) data_scripts/train_avatar.py --profile $(PROFILE)
 
 book: data
-	$(PY) -m npga.book_runner --profile $(PROFILE)
+	$(PY) -m npga.book.runner --profile $(PROFILE)
 
 test: $(STAMP)
 	@$(MAKE) --no-print-directory data PROFILE=mini

@@ -29,7 +29,12 @@ import torch  # noqa: E402
 
 from npga.config import PROFILE_NAMES, REPO_ROOT, get_profile  # noqa: E402
 from npga.deformation import deform_gaussians  # noqa: E402
-from npga.deformation.compare import compare_inversions, deforming_mask, error_summary, heldout_queries  # noqa: E402
+from npga.deformation.compare import (  # noqa: E402
+    compare_inversions,
+    deforming_mask,
+    error_summary,
+    heldout_queries,
+)
 from npga.deformation.store import HEAD_MODELS, get_head_model, head_codes, load_or_distill  # noqa: E402
 from npga.io import machine_info, write_json  # noqa: E402
 

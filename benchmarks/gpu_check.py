@@ -42,7 +42,7 @@ RADII_AGREE = 0.999
 
 def _run(params, viewmats, Ks, width, height, bg, weights, backend):
     """One forward + backward; returns outputs, gradients and the means2d gradient."""
-    from npga.render import rasterize
+    from npga.splatting.render import rasterize
 
     for p in params:
         p.grad = None
@@ -80,9 +80,9 @@ def main() -> int:
         return 0
 
     import gsplat
+    from render_cpu import head_blob
 
     from npga.io import write_json
-    from render_cpu import head_blob
 
     W, H = args.width, args.height
     scene = head_blob(args.n, W, H, device="cuda")
@@ -127,7 +127,7 @@ def main() -> int:
         timings[backend]["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
 
     result = {
-        "check": "npga.render.rasterize: backend='torch' vs backend='gsplat' on CUDA",
+        "check": "npga.splatting.render.rasterize: backend='torch' vs backend='gsplat' on CUDA",
         "scene": f"render_cpu.head_blob({args.n}, {W}, {H}), float32, grey background",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]),

@@ -1,10 +1,10 @@
-"""CPU cost of npga.render.rasterize (torch backend): forward + backward time and peak memory.
+"""CPU cost of npga.splatting.render.rasterize (torch backend): forward + backward time and peak memory.
 
 Scene ("head blob"): N Gaussians on the surface of an ellipsoid with semi-axes
 8 x 11 x 9.5 cm (a head's width, height and depth) centred at the origin, pushed off the
 surface by N(0, 3 mm) along the normal; per-axis scales log-uniform in [0.5, 1.5] x the
 mean spacing sqrt(area / N); random rotations; opacities uniform in [0.1, 0.95]; random
-RGB colours. One camera 1 m in front of the face, K = npga.cameras.intrinsics_for(W, H)
+RGB colours. One camera 1 m in front of the face, K = npga.capture.cameras.intrinsics_for(W, H)
 (focal 2.6 H, the synthetic NeRSemble rig's), so the head fills about 60 % of the height.
 Loss: sum of image and alpha, each multiplied by a fixed random weight image.
 
@@ -38,9 +38,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from npga.cameras import intrinsics_for, look_at  # noqa: E402
+from npga.capture.cameras import intrinsics_for, look_at  # noqa: E402
 from npga.io import atomic_write, machine_info, write_json  # noqa: E402
-from npga.render import rasterize  # noqa: E402
+from npga.splatting.render import rasterize  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 CASES = [(n, w, h) for (w, h) in ((128, 192), (256, 384)) for n in (5000, 20000, 50000)]
@@ -73,7 +73,7 @@ def head_blob(n: int, width: int, height: int, seed: int = 0, device: str = "cpu
 
 def count_pairs(scene, width: int, height: int) -> int:
     """Number of (pixel, Gaussian) pairs the torch backend composites (after both stops)."""
-    from npga import render_torch as rt
+    from npga.splatting import render_torch as rt
 
     means, quats, scales, opacities, colors, viewmats, Ks = scene
     proj = rt.project_gaussians(means, quats, scales, viewmats, Ks, width, height, opacities=opacities)
@@ -192,7 +192,7 @@ def main() -> None:
         key=lambda c: c["total_s"],
     )
     result = {
-        "benchmark": "npga.render.rasterize backend='torch', forward + backward on the CPU",
+        "benchmark": "npga.splatting.render.rasterize backend='torch', forward + backward on the CPU",
         "scene": __doc__.split("\n\n")[1].replace("\n", " "),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": "python " + " ".join(["benchmarks/render_cpu.py"] + sys.argv[1:]),

@@ -19,9 +19,9 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from npga.cameras import HELDOUT_SERIALS  # noqa: E402
+from npga.capture.cameras import HELDOUT_SERIALS  # noqa: E402
+from npga.capture.dataset import open_dataset  # noqa: E402
 from npga.config import get_profile  # noqa: E402
-from npga.data import open_dataset  # noqa: E402
 from npga.io import atomic_write  # noqa: E402
 
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from npga.config import PROFILE_NAMES, get_profile  # noqa: E402
-from npga.synthetic.writer import (  # noqa: E402
+from npga.capture.synthetic.writer import (  # noqa: E402
     dataset_size,
     dataset_spec,
     dataset_status,
     ensure_dataset,
 )
+from npga.config import PROFILE_NAMES, get_profile  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
     python data_scripts/train_avatar.py --profile mini
 
-is ``python -m npga.train`` run twice: ``--features 0 --name vanilla`` and
+is ``python -m npga.avatar.train`` run twice: ``--features 0 --name vanilla`` and
 ``--features F --name features`` (F = the profile's ``AvatarConfig.feature_dim``).
 Finished runs are skipped; interrupted ones resume from their checkpoints.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from npga.avatar.train import avatar_dir, load_or_train_avatar  # noqa: E402
 from npga.config import get_profile  # noqa: E402
-from npga.train import avatar_dir, load_or_train_avatar  # noqa: E402
 
 
 def main() -> None:

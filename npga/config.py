@@ -130,11 +130,11 @@ class AvatarConfig:
     jacobian: str = "fd"  # F's Jacobian: "fd" (6 extra passes) | "autograd" (double backward)
     eval_every: int = 0  # trainer: held-out evaluation every this many steps (0: only at the end)
     checkpoint_every: int = 100  # trainer: write a checkpoint every this many steps
-    # Laplacian terms on the k-NN graph of canonical Gaussians (npga.regularizers, chapter 6)
+    # Laplacian terms on the k-NN graph of canonical Gaussians (npga.avatar.regularizers, chapter 6)
     lap_features: float = 1.0  # weight of mean |L f|^2 (per-Gaussian features)
     lap_dynamics: float = 1.0  # weight of mean |L delta|^2 (detail network G's offsets)
     knn_rebuild_every: int = 100  # steps; the graph is also rebuilt after every densification
-    # adaptive density control of the dynamic avatar (npga.densify_dynamic, chapter 7)
+    # adaptive density control of the dynamic avatar (npga.avatar.densify_dynamic, chapter 7)
     densify_from: int = 50
     densify_until: int = 250
     densify_every: int = 50

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -104,9 +105,18 @@ def load_saved(path: str | os.PathLike, kind: str, what: str) -> dict:
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """``np.savez_compressed`` through a temporary file."""
-    with atomic_write(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
+    """A compressed ``.npz`` (readable by ``np.load``), written through a temporary file.
+
+    Deterministic: the zip entries carry a fixed timestamp (``np.savez_compressed`` stamps
+    the current time), so the same arrays give byte-identical files -- the synthetic data
+    relies on that to be reproducible with any number of worker processes.
+    """
+    with atomic_write(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asanyarray(arr), allow_pickle=False)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,5 @@
-"""Dynamic ADC (npga.densify_dynamic), the ablation's hooks with the trainer, and its table."""
+"""Dynamic ADC (npga.avatar.densify_dynamic), the ablation's hooks with the trainer, and its table."""
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -8,17 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from npga.densify_dynamic import DynamicADC, accumulate_views
-from npga.gaussians import init_from_points
+from npga.avatar.densify_dynamic import DynamicADC, accumulate_views
+from npga.splatting.gaussians import init_from_points
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _ablation():
-    spec = importlib.util.spec_from_file_location("ablation", REPO / "benchmarks" / "ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from npga.experiments import ablation
+
+    return ablation
 
 
 class _Avatar:
@@ -96,7 +94,7 @@ def test_dynamic_adc_keeps_state_and_features_consistent():
 
 
 def test_view_counting_modes_differ_only_for_occluded_views():
-    from npga.densify import DensifyState
+    from npga.splatting.densify import DensifyState
 
     n = 4
     meta = _meta(n, torch.tensor([1.0, 1.0, 0.0, 0.0]), cams=2)
@@ -130,14 +128,14 @@ def test_summary_table_and_markdown():
 
 @pytest.mark.slow
 def test_hooks_train_on_a_tiny_capture(tmp_path):
-    """Laplacian + ADC + CNN hooks inside npga.train on a generated capture (a few steps)."""
-    from npga.avatar import create_avatar, initial_colors
+    """Laplacian + ADC + CNN hooks inside npga.avatar.train on a generated capture (a few steps)."""
+    from npga.avatar.model import create_avatar, initial_colors
+    from npga.avatar.train import TrainConfig, TrainData, train
+    from npga.capture.dataset import open_dataset
+    from npga.capture.synthetic.writer import write_dataset
     from npga.config import get_profile, with_overrides
-    from npga.data import open_dataset
     from npga.deformation import ForwardField
     from npga.io import save_npz
-    from npga.synthetic.writer import write_dataset
-    from npga.train import TrainConfig, TrainData, train
 
     seqs = ("EXP-8-jaw-1", "FREE")
     P = with_overrides(get_profile("mini"), data={

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from npga.avatar import NPGAvatar, create_avatar
-from npga.cameras import nersemble_rig, stack_cameras
+from npga.avatar.dynamics import DetailNetwork
+from npga.avatar.model import NPGAvatar, create_avatar
+from npga.capture.cameras import nersemble_rig, stack_cameras
 from npga.config import get_profile, with_overrides
 from npga.deformation import ForwardField
-from npga.dynamics import DetailNetwork
-from npga.gaussians import load_ply
+from npga.splatting.gaussians import load_ply
 
 W, H, E, I = 22, 32, 5, 3
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from npga import book_runner
+from npga.book import runner as book_runner
 from npga.config import REPO_ROOT
 
 CHAPTERS = book_runner.chapters_from_toc()

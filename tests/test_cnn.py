@@ -1,9 +1,9 @@
-"""Screen-space CNN (npga.cnn)."""
+"""Screen-space CNN (npga.avatar.cnn)."""
 
 import pytest
 import torch
 
-from npga.cnn import RefinedAvatar, ScreenSpaceCNN, cnn_image_head, latent_image, time_cnn
+from npga.avatar.cnn import RefinedAvatar, ScreenSpaceCNN, cnn_image_head, latent_image, time_cnn
 
 
 def test_cnn_output_shape_identity_at_init_and_gradients():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from npga.cameras import CalibrationError, look_at
-from npga.data import DatasetError, FrameCameraDataset, open_dataset
+from npga.capture.cameras import CalibrationError, look_at
+from npga.capture.dataset import DatasetError, FrameCameraDataset, open_dataset
 from npga.io import save_npz, write_json, write_png
 
 TRAIN, HELD = "222200042", "222200040"  # one training and one held-out NeRSemble serial
@@ -287,3 +287,26 @@ def test_missing_things_are_named(tmp_path):
     calib_path(root).unlink()
     with pytest.raises(CalibrationError, match=r"camera_params\.json.*not found"):
         open_dataset(root).participant(0)
+
+
+def test_one_camera_params_parser_asks_for_sizes_only_when_the_file_lacks_them(tmp_path):
+    """read_camera_params is the only parser of camera_params.json: the loader hands it a
+    function for image sizes, called (with the calibrated serials) only without width/height."""
+    from npga.capture.cameras import read_camera_params
+
+    calls = []
+
+    def sizes(serials):
+        calls.append(sorted(serials))
+        return {s: (W, H) for s in serials}
+
+    for with_size in (True, False):
+        root = make_fixture(tmp_path / str(with_size), with_size=with_size)
+        path = root / "000" / "calibration" / "camera_params.json"
+        cams = read_camera_params(path, sizes)
+        assert set(cams) == {TRAIN, HELD} and all((c.width, c.height) == (W, H) for c in cams.values())
+    assert calls == [sorted([TRAIN, HELD])], calls
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CalibrationError, match="bad.json: not valid JSON"):
+        read_camera_params(bad, sizes)

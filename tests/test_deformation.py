@@ -23,7 +23,7 @@ from npga.deformation import (
     rotmat_to_quat,
 )
 from npga.deformation.store import load_or_distill, prior_path, split_codes
-from npga.gaussians import covariance, quat_to_rotmat
+from npga.splatting.gaussians import covariance, quat_to_rotmat
 
 MM = 1e-3
 
@@ -346,7 +346,12 @@ def test_split_codes_holds_out_last_identity_and_fifth_of_expressions():
 
 
 def test_compare_inversions_reports_all_methods(warp, distilled):
-    from npga.deformation.compare import compare_inversions, deforming_mask, error_summary, heldout_queries
+    from npga.deformation.compare import (
+        compare_inversions,
+        deforming_mask,
+        error_summary,
+        heldout_queries,
+    )
 
     field, _, _ = distilled
     x_c, z_id, z_exp, ident = heldout_queries(warp, warp.id_codes[6:8], warp.exp_codes[6:8, 16:], 600, seed=3)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from npga import densify as D
-from npga import gaussians as G
+from npga.splatting import densify as D
+from npga.splatting import gaussians as G
 
 
 def _setup(n=40, feature_dim=3, seed=0, adam_steps=3):

@@ -4,16 +4,22 @@ import numpy as np
 import pytest
 import torch
 
-from npga.evaluate import cross_reenactment, error_grid, evaluate_avatar_splits, render_split, score
+from npga.avatar.evaluate import (
+    cross_reenactment,
+    error_grid,
+    evaluate_avatar_splits,
+    render_split,
+    score,
+)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from npga.data import open_dataset
-    from npga.io import save_npz
-    from npga.synthetic.writer import write_dataset
-
     from test_train import SEQS, make_avatar, tiny_profile
+
+    from npga.capture.dataset import open_dataset
+    from npga.capture.synthetic.writer import write_dataset
+    from npga.io import save_npz
 
     P = tiny_profile()
     root = write_dataset(P, tmp_path_factory.mktemp("eval") / "ds", progress=False, workers=1)

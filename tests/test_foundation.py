@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import ast
 import re
-import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
+import tomllib
 import yaml
 
-from npga import book_runner
+from npga.book import runner as book_runner
 from npga.config import PROFILE_NAMES, REPO_ROOT, get_profile, numeric_sizes, with_overrides
 
 NOTEBOOKS = sorted((REPO_ROOT / "book").rglob("*.ipynb"))
@@ -244,3 +244,43 @@ def test_toc_missing_file_is_reported(tiny_book):
     (tiny_book / "_toc.yml").write_text(yaml.safe_dump(toc))
     with pytest.raises(FileNotFoundError, match="book/missing"):
         book_runner.chapters_from_toc(tiny_book)
+
+
+# --------------------------------------------------------------------------- layout (issue 12)
+
+
+def test_package_folders_follow_the_stages():
+    """The package is organised by stage: at most 4 modules at its top, one folder per
+    stage, no chapter or package module reaching into benchmarks/ or sys.path."""
+    pkg = REPO_ROOT / "npga"
+    top = sorted(p.name for p in pkg.glob("*.py"))
+    assert len(top) <= 4, f"modules left at the top of npga/: {top}"
+    for stage in ("capture", "splatting", "headmodels", "deformation", "avatar", "experiments", "book"):
+        assert (pkg / stage / "__init__.py").is_file(), f"npga/{stage}/ is missing"
+    for nb in sorted((REPO_ROOT / "book").glob("*.ipynb")):
+        assert "sys.path" not in nb.read_text(), f"{nb.name} edits sys.path"
+    for py in sorted(pkg.rglob("*.py")):
+        text = py.read_text()
+        assert "sys.path" not in text, f"{py.relative_to(REPO_ROOT)} edits sys.path"
+        assert "import ablation" not in text and "benchmarks." not in text, (
+            f"{py.relative_to(REPO_ROOT)} imports from benchmarks/"
+        )
+
+
+def test_save_npz_is_deterministic_and_loadable(tmp_path):
+    import time
+
+    import numpy as np
+
+    from npga.io import save_npz
+
+    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array(["x", "yz"])}
+    save_npz(tmp_path / "one.npz", **arrays)
+    time.sleep(2.1)  # zip timestamps have 2 s resolution: a time stamp would differ now
+    save_npz(tmp_path / "two.npz", **arrays)
+    assert (tmp_path / "one.npz").read_bytes() == (tmp_path / "two.npz").read_bytes()
+    with np.load(tmp_path / "one.npz") as z:
+        assert sorted(z.files) == ["a", "b"]
+        np.testing.assert_array_equal(z["a"], arrays["a"])
+        np.testing.assert_array_equal(z["b"], arrays["b"])
+    assert not list(tmp_path.glob("*.tmp*")), "a temporary file was left behind"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from npga import gaussians as G
+from npga.splatting import gaussians as G
 
 
 def _random_params(n=50, degree=3, feature_dim=0, seed=0):

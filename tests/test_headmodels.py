@@ -301,8 +301,8 @@ def test_mini_profile_end_to_end(tmp_path, monkeypatch):
     version gave 5 mm). |f(B(x_p))| on posed training surfaces measured 0.42 mm,
     limit 1 mm. Tracking errors measured 2.25 mm (3DMM) and 3.37 mm (NPHM).
     """
+    from npga.capture.dataset import open_dataset
     from npga.config import get_profile
-    from npga.data import open_dataset
     from npga.headmodels import load_eval, load_or_train
     from npga.headmodels.fitting import track_dataset
     from npga.headmodels.scans import load_scans

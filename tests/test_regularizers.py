@@ -1,10 +1,10 @@
-"""k-NN graph and Laplacian terms (npga.regularizers)."""
+"""k-NN graph and Laplacian terms (npga.avatar.regularizers)."""
 
 import numpy as np
 import pytest
 import torch
 
-from npga.regularizers import (
+from npga.avatar.regularizers import (
     LaplacianRegularizer,
     graph_laplacian,
     knn_graph,

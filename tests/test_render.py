@@ -1,4 +1,4 @@
-"""npga.render.rasterize (torch backend) against gsplat's pure-torch reference and a
+"""npga.splatting.render.rasterize (torch backend) against gsplat's pure-torch reference and a
 brute-force per-pixel compositor written plainly below. CPU only; never calls a gsplat
 CUDA op (only gsplat.cuda._torch_impl, which is plain PyTorch)."""
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from npga import render_torch
-from npga.cameras import intrinsics_for, look_at
-from npga.render import rasterize
-from npga.render_torch import project_gaussians
+from npga.capture.cameras import intrinsics_for, look_at
+from npga.splatting import render_torch
+from npga.splatting.render import rasterize
+from npga.splatting.render_torch import project_gaussians
 
 _torch_impl = pytest.importorskip("gsplat.cuda._torch_impl")
 

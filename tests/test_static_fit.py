@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from npga import gaussians as G
-from npga.cameras import HELDOUT_SERIALS, TRAIN_SERIALS, nersemble_rig
+from npga.capture.cameras import HELDOUT_SERIALS, TRAIN_SERIALS, nersemble_rig
 from npga.config import get_profile, with_overrides
-from npga.static_fit import (
+from npga.splatting import gaussians as G
+from npga.splatting.static_fit import (
     OptimConfig,
     evaluate_static,
     fit_static,
@@ -121,7 +121,7 @@ def test_inputs_are_checked():
 
 def _synthhead_frame(P):
     """One SynthHead frame in all 16 cameras (neutral expression, participant 0)."""
-    synthetic = pytest.importorskip("npga.synthetic")
+    synthetic = pytest.importorskip("npga.capture.synthetic")
     head = synthetic.SynthHead(synthetic.sample_identity(0, P.seed), P.data.mesh_resolution)
     cams = nersemble_rig(P.data.width, P.data.height)
     images, alphas = head.render(cams, supersample=P.data.supersample)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from npga.cameras import Camera, look_at, nersemble_rig
-from npga.synthetic import (
+from npga.capture.cameras import Camera, look_at, nersemble_rig
+from npga.capture.synthetic import (
     EXPRESSION_NAMES,
     EXPRESSION_RANGES,
     PART_NAMES,
@@ -22,7 +22,7 @@ from npga.synthetic import (
     sample_identity,
     sequence_trajectory,
 )
-from npga.synthetic.meshrender import interpolate, resolve
+from npga.capture.synthetic.meshrender import interpolate, resolve
 
 E, U = len(EXPRESSION_NAMES), len(UNTRACKED_NAMES)
 
@@ -307,7 +307,7 @@ def test_render_shapes_and_calibration(head24):
     assert np.all(images <= alphas[..., None] + 1e-6)  # premultiplied on black
     from scipy.ndimage import maximum_filter
 
-    from npga.synthetic import vertex_normals
+    from npga.capture.synthetic import vertex_normals
 
     V = head24.vertices(z[2], u[2])
     N = vertex_normals(V, head24.faces)
@@ -324,7 +324,7 @@ def test_render_shapes_and_calibration(head24):
 
 
 def test_wrinkles_appear_only_with_their_expression(head24):
-    from npga.synthetic.appearance import wrinkle_activations
+    from npga.capture.synthetic.appearance import wrinkle_activations
 
     cam = nersemble_rig(88, 128)[6]  # frontal, upper row
     assert np.all(wrinkle_activations(np.zeros(E)) == 0)
@@ -344,7 +344,7 @@ def test_wrinkles_appear_only_with_their_expression(head24):
 
 
 def test_view_dependent_specular(head24):
-    from npga.synthetic import appearance
+    from npga.capture.synthetic import appearance
 
     cams = nersemble_rig(44, 64)[:2]
     img, _ = head24.render(cams)

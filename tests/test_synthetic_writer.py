@@ -8,11 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npga.cameras import Camera
+from npga.capture.cameras import Camera
+from npga.capture.dataset import DatasetError, open_dataset
+from npga.capture.synthetic import writer
+from npga.capture.synthetic.writer import (
+    dataset_spec,
+    dataset_status,
+    ensure_dataset,
+    write_dataset,
+)
 from npga.config import get_profile, with_overrides
-from npga.data import DatasetError, open_dataset
-from npga.synthetic import writer
-from npga.synthetic.writer import dataset_spec, dataset_status, ensure_dataset, write_dataset
 
 SEQUENCES = ("EXP-8-jaw-1", "FREE")
 
@@ -96,7 +101,7 @@ def test_layout_loads_and_validates(written):
     assert set(scans.expression_split) == {"train", "heldout"}
     assert not set(scans.identity_pids) & set(manifest["participants"])
     # the stored meshes are the generator's, to float16-offset precision
-    from npga.synthetic import Identity, SynthHead
+    from npga.capture.synthetic import Identity, SynthHead
 
     head = SynthHead(Identity.from_dict(scans.identities[1]), P.data.mesh_resolution)
     err = np.abs(scans.vertices(1, X - 1) - head.vertices(scans.z_exp[1, X - 1])).max()

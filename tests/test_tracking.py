@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npga.cameras import nersemble_rig
+from npga.capture.cameras import nersemble_rig
 from npga.headmodels.colmap_points import fundamental, match_pair, triangulate_frame
 from npga.headmodels.geometry import marching_cubes, point_to_mesh, sample_surface
 from npga.headmodels.linear3dmm import Linear3DMM
-
-
 
 
 def test_fundamental_matrix_and_epipolar_matching():
@@ -41,7 +39,7 @@ def test_fundamental_matrix_and_epipolar_matching():
 
 
 def _synth_frame(width, height, supersample):
-    from npga.synthetic import EXPRESSION_NAMES, SynthHead, sample_identity
+    from npga.capture.synthetic import EXPRESSION_NAMES, SynthHead, sample_identity
 
     head = SynthHead(sample_identity(0, seed=0), 48)
     z = np.zeros(len(EXPRESSION_NAMES))

@@ -10,13 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from npga.avatar import create_avatar, initial_colors
+from npga.avatar.evaluate import evaluate_avatar_splits
+from npga.avatar.model import create_avatar, initial_colors
+from npga.avatar.train import (
+    Hooks,
+    TrainConfig,
+    TrainData,
+    TrainingDiverged,
+    load_checkpoint,
+    train,
+)
+from npga.capture.dataset import open_dataset
 from npga.config import get_profile, with_overrides
-from npga.data import open_dataset
 from npga.deformation import ForwardField
-from npga.evaluate import evaluate_avatar_splits
 from npga.io import save_npz
-from npga.train import Hooks, TrainConfig, TrainData, TrainingDiverged, load_checkpoint, train
 
 SEQS = ("EXP-8-jaw-1", "FREE")
 
@@ -33,7 +40,7 @@ def tiny_profile(n_gaussians=1000):
 
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory):
-    from npga.synthetic.writer import write_dataset
+    from npga.capture.synthetic.writer import write_dataset
 
     P = tiny_profile()
     root = write_dataset(P, tmp_path_factory.mktemp("capture") / "ds", progress=False, workers=1)
@@ -95,9 +102,9 @@ def test_resumed_run_equals_uninterrupted_run(capture, tmp_path):
 
 def test_resume_with_density_control_and_laplacian_equals_uninterrupted_run(capture, tmp_path):
     """ADC's running statistics and the k-NN graph are checkpointed with the avatar."""
-    from npga.densify import DensifyConfig
-    from npga.densify_dynamic import DynamicADC
-    from npga.regularizers import LaplacianRegularizer
+    from npga.avatar.densify_dynamic import DynamicADC
+    from npga.avatar.regularizers import LaplacianRegularizer
+    from npga.splatting.densify import DensifyConfig
 
     P, part = capture
     data = TrainData(part, [SEQS[0]], codes="nphm")

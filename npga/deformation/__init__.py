@@ -8,11 +8,26 @@
 * :mod:`.store`      -- :func:`load_or_distill`: the cached prior of a profile
 """
 
-from .analytic import AnalyticHeadWarp
-from .baselines import RootFindResult, naive_inversion, pointwise_jacobian, root_find
-from .distill import canonical_samples, cycle_error, distill_forward_field, finetune_forward_field
-from .field import ForwardField
-from .transport import deform_gaussians, field_jacobian, polar_rotation, rotmat_to_quat
+from npga.deformation.analytic import AnalyticHeadWarp
+from npga.deformation.baselines import (
+    RootFindResult,
+    naive_inversion,
+    pointwise_jacobian,
+    root_find,
+)
+from npga.deformation.distill import (
+    canonical_samples,
+    cycle_error,
+    distill_forward_field,
+    finetune_forward_field,
+)
+from npga.deformation.field import ForwardField
+from npga.deformation.transport import (
+    deform_gaussians,
+    field_jacobian,
+    polar_rotation,
+    rotmat_to_quat,
+)
 
 __all__ = [
     "AnalyticHeadWarp",

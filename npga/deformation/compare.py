@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .baselines import naive_inversion, root_find
-from .distill import cycle_error
+from npga.deformation.baselines import naive_inversion, root_find
+from npga.deformation.distill import cycle_error
 
 METHODS = ("naive", "root finding", "distilled F")
 

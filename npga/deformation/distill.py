@@ -22,9 +22,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..config import DeformConfig
-from .baselines import BackwardFn
-from .field import ForwardField
+from npga.config import DeformConfig
+from npga.deformation.baselines import BackwardFn
+from npga.deformation.field import ForwardField
 
 
 def canonical_samples(head, id_codes: Tensor, n_per_id: int, seed: int = 0) -> Tensor:

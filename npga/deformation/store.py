@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from ..config import Profile
-from ..io import save_torch
-from .analytic import AnalyticHeadWarp
-from .distill import canonical_samples, distill_forward_field
-from .field import ForwardField
+from npga.config import Profile
+from npga.deformation.analytic import AnalyticHeadWarp
+from npga.deformation.distill import canonical_samples, distill_forward_field
+from npga.deformation.field import ForwardField
+from npga.io import save_torch
 
 HEAD_MODELS = ("nphm", "analytic")
 FORMAT_VERSION = 1
@@ -43,7 +43,7 @@ def get_head_model(profile: Profile, head_model: str = "nphm", progress: bool = 
         return AnalyticHeadWarp.from_profile(profile)
     if head_model == "nphm":
         try:
-            from ..headmodels import load_or_train
+            from npga.headmodels import load_or_train
         except ImportError as err:
             raise RuntimeError(
                 "npga.headmodels.load_or_train is not available, so the NPHM backward field "

@@ -37,8 +37,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..gaussians import quat_to_rotmat
-from .baselines import pointwise_jacobian
+from npga.deformation.baselines import pointwise_jacobian
+from npga.splatting.gaussians import quat_to_rotmat
 
 
 def rotmat_to_quat(R: Tensor) -> Tensor:

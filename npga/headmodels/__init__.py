@@ -12,10 +12,16 @@
 * :mod:`.store` -- train / evaluate / save / ``load_or_train``.
 """
 
-from .fitting import track_dataset, tracked
-from .linear3dmm import Linear3DMM
-from .nphm import NPHM, NPHMSpec, fit_nphm, train_nphm
-from .store import load_eval, load_or_train, model_path, models_dir, train_head_models
+from npga.headmodels.fitting import track_dataset, tracked
+from npga.headmodels.linear3dmm import Linear3DMM
+from npga.headmodels.nphm import NPHM, NPHMSpec, fit_nphm, train_nphm
+from npga.headmodels.store import (
+    load_eval,
+    load_or_train,
+    model_path,
+    models_dir,
+    train_head_models,
+)
 
 __all__ = [
     "Linear3DMM",

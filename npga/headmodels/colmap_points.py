@@ -18,7 +18,7 @@ cameras. Structure from motion with *known* poses has three steps:
    views, with a large reprojection error, a small triangulation angle or behind a
    camera are dropped.
 
-Pixel convention: COLMAP's keypoints, like :mod:`npga.cameras`, put the centre of
+Pixel convention: COLMAP's keypoints, like :mod:`npga.capture.cameras`, put the centre of
 the top-left pixel at (0.5, 0.5), so no shift is needed.
 
 Dense multi-view stereo (``pycolmap.patch_match_stereo``) needs CUDA and is not used.
@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..cameras import Camera
+from npga.capture.cameras import Camera
 
 
 @dataclass

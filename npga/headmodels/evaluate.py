@@ -19,10 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import HeadModelConfig
-from .geometry import OuterSurface, closest_points_on_mesh, outer_surface, sample_surface
-from .linear3dmm import Linear3DMM
-from .nphm import NPHM, fit_nphm
+from npga.config import HeadModelConfig
+from npga.headmodels.geometry import (
+    OuterSurface,
+    closest_points_on_mesh,
+    outer_surface,
+    sample_surface,
+)
+from npga.headmodels.linear3dmm import Linear3DMM
+from npga.headmodels.nphm import NPHM, fit_nphm
 
 EVAL_MARGIN = 0.02  # metres above the neck cut that the comparison ignores
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..cameras import Camera, intrinsics_for, look_at
-from .evaluate import eval_linear, eval_nphm, prepare_target
-from .geometry import point_to_mesh
-from .linear3dmm import Linear3DMM
-from .nphm import NPHM
-from .scans import Scans
+from npga.capture.cameras import Camera, intrinsics_for, look_at
+from npga.headmodels.evaluate import eval_linear, eval_nphm, prepare_target
+from npga.headmodels.geometry import point_to_mesh
+from npga.headmodels.linear3dmm import Linear3DMM
+from npga.headmodels.nphm import NPHM
+from npga.headmodels.scans import Scans
 
 
 def front_camera(width: int = 150, height: int = 190, distance: float = 0.75, yaw_deg: float = 0.0) -> Camera:
@@ -32,7 +32,7 @@ def render_surface(
     background: float = 1.0,
 ) -> np.ndarray:
     """Shaded render (H, W, 3) of a mesh over a plain background, for figures."""
-    from ..synthetic import render_mesh
+    from npga.capture.synthetic import render_mesh
 
     if len(faces) == 0:
         return np.full((camera.height, camera.width, 3), background, np.float32)
@@ -64,8 +64,8 @@ class Comparison:
 
 
 def scan_identity_head(scans: Scans, index: int, resolution: int):
-    """The :class:`npga.synthetic.SynthHead` of scan identity ``index``."""
-    from ..synthetic import Identity, SynthHead
+    """The :class:`npga.capture.synthetic.SynthHead` of scan identity ``index``."""
+    from npga.capture.synthetic import Identity, SynthHead
 
     return SynthHead(Identity.from_dict(json.loads(scans.identities_json[index])), resolution)
 

@@ -14,7 +14,7 @@ both head models are fitted to all of the participant's frames at once:
 
 Points below the models' neck cut are dropped first (neither model has a neck).
 The codes go to ``ROOT/{pid:03d}/sequences/{SEQ}/tracking/{model}.npz`` (``z_exp``
-(T, d), ``z_id`` (d_id,), read by :meth:`npga.data.Sequence.codes`), which later
+(T, d), ``z_id`` (d_id,), read by :meth:`npga.capture.dataset.Sequence.codes`), which later
 chapters use to drive avatars.
 
 Tracking error (synthetic data only): the mean distance from ground-truth surface
@@ -31,19 +31,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Profile, get_profile
-from ..io import save_npz, write_json
-from .colmap_points import PointCloud, triangulate_frame
-from .evaluate import EVAL_MARGIN
-from .geometry import point_to_mesh
-from .linear3dmm import Linear3DMM
-from .nphm import NPHM, fit_nphm
+from npga.config import Profile, get_profile
+from npga.headmodels.colmap_points import PointCloud, triangulate_frame
+from npga.headmodels.evaluate import EVAL_MARGIN
+from npga.headmodels.geometry import point_to_mesh
+from npga.headmodels.linear3dmm import Linear3DMM
+from npga.headmodels.nphm import NPHM, fit_nphm
+from npga.io import save_npz, write_json
 
 SURFACE_PARTS = ("skin", "hair", "ear_l", "ear_r", "eyelid_l", "eyelid_r")
 
 
 def frame_point_cloud(sequence, frame: int, seed: int = 0) -> PointCloud:
-    """COLMAP points of frame ``frame`` (index) of a :class:`npga.data.Sequence`, all cameras."""
+    """COLMAP points of frame ``frame`` (index) of a :class:`npga.capture.dataset.Sequence`, all cameras."""
     cams = sequence.cameras()
     images = np.stack([sequence.load_image(frame, c.serial) for c in cams])
     alphas = np.stack([sequence.load_alpha(frame, c.serial) for c in cams])
@@ -141,8 +141,8 @@ def track_participant(
 
 def tracked(profile: Profile) -> bool:
     """True when ``tracking.json`` exists and every sequence has both models' tracking files."""
-    from ..data import open_dataset
-    from .store import models_dir
+    from npga.capture.dataset import open_dataset
+    from npga.headmodels.store import models_dir
 
     if not (models_dir(profile) / "tracking.json").is_file() or not (profile.data_root / "dataset.json").is_file():
         return False
@@ -164,10 +164,10 @@ def track_dataset(profile: Profile | str | None = None, progress: bool = True) -
     """
     from tqdm import tqdm
 
-    from ..data import open_dataset
-    from ..synthetic import PART_NAMES
-    from ..synthetic.writer import ensure_dataset
-    from .store import load_or_train, models_dir
+    from npga.capture.dataset import open_dataset
+    from npga.capture.synthetic import PART_NAMES
+    from npga.capture.synthetic.writer import ensure_dataset
+    from npga.headmodels.store import load_or_train, models_dir
 
     P = profile if isinstance(profile, Profile) else get_profile(profile)
     linear = load_or_train(P, "3dmm", progress)

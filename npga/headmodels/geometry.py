@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-
 # --------------------------------------------------------------------------- basics
 
 
@@ -177,7 +176,7 @@ def sample_surface(
 class DepthView:
     """One virtual scanner view: a camera and its depth map (+inf where empty)."""
 
-    camera: object  # npga.cameras.Camera
+    camera: object  # npga.capture.cameras.Camera
     depth: np.ndarray  # (H, W)
 
 
@@ -263,8 +262,8 @@ def outer_surface(
     come from the oriented normals. An open bottom (the neck cut) is closed by a cap
     first (see :func:`bottom_cap`), so no view looks into the neck.
     """
-    from ..cameras import Camera, look_at
-    from ..synthetic.meshrender import rasterize
+    from npga.capture.cameras import Camera, look_at
+    from npga.capture.synthetic.meshrender import rasterize
 
     vertices = np.asarray(vertices, np.float64)
     faces = np.asarray(faces, np.int64)

@@ -38,8 +38,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..io import load_saved, save_torch
-from .geometry import closest_points_on_mesh, face_normals
+from npga.headmodels.geometry import closest_points_on_mesh, face_normals
+from npga.io import load_saved, save_torch
 
 
 class Linear3DMM(torch.nn.Module):

@@ -46,8 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..io import load_saved, save_torch
-
+from npga.io import load_saved, save_torch
 
 # --------------------------------------------------------------------------- networks
 
@@ -195,7 +194,7 @@ class NPHM(nn.Module):
         self, z_id: Tensor, z_exp: Tensor | None = None, resolution: int = 64
     ) -> tuple[np.ndarray, np.ndarray]:
         """Marching cubes of the canonical (``z_exp`` None) or posed surface: vertices (V, 3), faces (F, 3)."""
-        from .geometry import marching_cubes
+        from npga.headmodels.geometry import marching_cubes
 
         z_id = torch.as_tensor(z_id, dtype=torch.float32)
 
@@ -214,7 +213,7 @@ class NPHM(nn.Module):
         Area-uniform samples of the marching-cubes mesh, then two Newton steps
         ``x <- x - f(x) grad f / |grad f|^2`` onto the level set itself.
         """
-        from .geometry import sample_surface
+        from npga.headmodels.geometry import sample_surface
 
         verts, faces = self.extract_mesh(z_id, None, resolution)
         if len(faces) == 0:

@@ -1,7 +1,7 @@
 """The head models' training data: SynthHead's registered "scans", cropped at the neck.
 
-``ROOT/scans/scans.npz`` (written by :mod:`npga.synthetic.writer`, documented in
-:mod:`npga.data`) holds registered meshes of identities that are *not* capture
+``ROOT/scans/scans.npz`` (written by :mod:`npga.capture.synthetic.writer`, documented in
+:mod:`npga.capture.dataset`) holds registered meshes of identities that are *not* capture
 participants -- the analogue of the scans NPHM and FLAME were built from -- with a
 train / held-out split of identities and of expressions.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import HeadModelConfig, Profile
+from npga.config import HeadModelConfig, Profile
 
 
 @dataclass
@@ -65,7 +65,7 @@ def crop_template(vertices: np.ndarray, faces: np.ndarray, y_min: float) -> tupl
 
 def canonical_expression(cfg: HeadModelConfig) -> np.ndarray:
     """The canonical expression (E,): mouth open by ``cfg.canonical_jaw_open``, all else neutral."""
-    from ..synthetic import EXPRESSION_NAMES
+    from npga.capture.synthetic import EXPRESSION_NAMES
 
     z = np.zeros(len(EXPRESSION_NAMES))
     z[EXPRESSION_NAMES.index("jaw_open")] = cfg.canonical_jaw_open
@@ -74,9 +74,9 @@ def canonical_expression(cfg: HeadModelConfig) -> np.ndarray:
 
 def load_scans(profile: Profile, root: str | Path | None = None) -> Scans:
     """Read (generating when missing) the profile's scans; crop them; add canonical faces."""
-    from ..data import open_dataset
-    from ..synthetic import Identity, SynthHead
-    from ..synthetic.writer import ensure_dataset
+    from npga.capture.dataset import open_dataset
+    from npga.capture.synthetic import Identity, SynthHead
+    from npga.capture.synthetic.writer import ensure_dataset
 
     cfg = profile.head_model
     root = Path(root) if root is not None else ensure_dataset(profile)

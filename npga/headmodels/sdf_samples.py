@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import face_normals, outer_surface, sample_surface
+from npga.headmodels.geometry import face_normals, outer_surface, sample_surface
 
 
 @dataclass

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Profile, get_profile
-from ..io import file_lock, save_npz, write_json
-from .evaluate import eval_linear, eval_nphm, moving_faces, prepare_target
-from .linear3dmm import Linear3DMM
-from .nphm import NPHM, NPHMData, NPHMSpec, TrainLog, train_nphm
-from .scans import Scans, load_scans
-from .sdf_samples import correspondence_samples, sdf_samples
+from npga.config import Profile, get_profile
+from npga.headmodels.evaluate import eval_linear, eval_nphm, moving_faces, prepare_target
+from npga.headmodels.linear3dmm import Linear3DMM
+from npga.headmodels.nphm import NPHM, NPHMData, NPHMSpec, TrainLog, train_nphm
+from npga.headmodels.scans import Scans, load_scans
+from npga.headmodels.sdf_samples import correspondence_samples, sdf_samples
+from npga.io import file_lock, save_npz, write_json
 
 MODEL_NAMES = ("3dmm", "nphm")
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .gaussians import GaussianParams, quat_to_rotmat
+from npga.splatting.gaussians import GaussianParams, quat_to_rotmat
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .avatar import NPGAvatar
-from .cameras import stack_cameras
-from .metrics import lpips, psnr, ssim
+from npga.avatar.model import NPGAvatar
+from npga.capture.cameras import stack_cameras
+from npga.metrics import lpips, psnr, ssim
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .headmodels.nphm import positional_encoding
+from npga.headmodels.nphm import positional_encoding
 
 
 class DetailNetwork(nn.Module):

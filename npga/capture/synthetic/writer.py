@@ -1,11 +1,11 @@
 """Write the synthetic SynthHead capture in the processed NeRSemble layout.
 
 :func:`write_dataset` renders every participant x sequence x frame from the 16
-cameras of :func:`npga.cameras.nersemble_rig` and writes images, alpha maps,
+cameras of :func:`npga.capture.cameras.nersemble_rig` and writes images, alpha maps,
 calibration, ground-truth codes and meshes, the head-model "scans" and a manifest;
 :func:`ensure_dataset` does that only when the dataset on disk is missing,
 incomplete or made with different settings. The layout is documented in
-:mod:`npga.data`, which reads it back.
+:mod:`npga.capture.dataset`, which reads it back.
 
 Determinism: every random choice is seeded from ``(seed, participant id,
 sequence name)``, never from the order in which work finishes, so the same profile
@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import sys
-import zipfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import lru_cache
@@ -34,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cameras import HELDOUT_SERIALS, TRAIN_SERIALS, nersemble_rig, write_camera_params
-from ..config import DataConfig, Profile, get_profile
-from ..io import atomic_write, file_lock, write_json, write_png
+from npga.capture.cameras import HELDOUT_SERIALS, TRAIN_SERIALS, nersemble_rig, write_camera_params
+from npga.config import DataConfig, Profile, get_profile
+from npga.io import file_lock, save_npz, write_json, write_png
 
 GENERATOR_VERSION = 1  # bump when the layout or the meaning of a file changes
 MANIFEST_NAME = "dataset.json"
@@ -63,12 +62,12 @@ def scan_expression_seed(seed: int, scan_pid: int) -> list[int]:
 
 
 def generator_fingerprint() -> str:
-    """Hash of the generator's source (npga/synthetic/*.py and the rig).
+    """Hash of the generator's source (npga/capture/synthetic/*.py and the rig).
 
     Part of the manifest, so data written by an older head model is regenerated.
     """
     here = Path(__file__).resolve().parent
-    files = sorted(here.glob("*.py")) + [here.parent / "cameras.py"]
+    files = sorted(here.glob("*.py")) + [here.parent / "cameras.py"]  # npga/capture/cameras.py
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
@@ -84,7 +83,7 @@ def dataset_spec(
     profile: Profile | str | None, participants: int | None = None, seed: int | None = None
 ) -> dict:
     """Everything that determines the dataset's content (the manifest minus ``complete``)."""
-    from . import EXPRESSION_NAMES, UNTRACKED_NAMES
+    from npga.capture.synthetic import EXPRESSION_NAMES, UNTRACKED_NAMES
 
     P = _resolve(profile)
     d = P.data
@@ -136,19 +135,9 @@ def dataset_status(root: str | Path, spec: dict) -> str:
 # --------------------------------------------------------------------------- file writers
 
 
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Compressed npz with fixed zip timestamps (``np.savez`` stamps the current time)."""
-    with atomic_write(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, arr in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w", force_zip64=True) as handle:
-                np.lib.format.write_array(handle, np.asanyarray(arr), allow_pickle=False)
-
-
 @lru_cache(maxsize=4)
 def _head(pid: int, seed: int, resolution: int):
-    from . import SynthHead, sample_identity
+    from npga.capture.synthetic import SynthHead, sample_identity
 
     return SynthHead(sample_identity(pid, seed), resolution)
 
@@ -188,7 +177,7 @@ def _render_frame(
 
 def _scan_identity(d: DataConfig, seed: int, index: int) -> tuple[str, tuple]:
     """Registered meshes of one scan identity: neutral first, then random expressions."""
-    from . import EXPRESSION_NAMES, sample_expression
+    from npga.capture.synthetic import EXPRESSION_NAMES, sample_expression
 
     scan_pid = SCAN_PID_OFFSET + index
     head = _head(scan_pid, seed, d.mesh_resolution)
@@ -206,7 +195,7 @@ def _scan_identity(d: DataConfig, seed: int, index: int) -> tuple[str, tuple]:
 
 
 def _identity_dict(pid: int, seed: int) -> dict:
-    from . import sample_identity
+    from npga.capture.synthetic import sample_identity
 
     return sample_identity(pid, seed).to_dict()
 
@@ -228,7 +217,7 @@ def _clear(root: Path) -> None:
 
 def _check_ours(root: Path) -> None:
     """Refuse to clear a folder that this writer did not make (e.g. a real capture)."""
-    from ..data import DatasetError
+    from npga.capture.dataset import DatasetError
 
     if not root.exists() or not any(root.iterdir()):
         return
@@ -266,7 +255,12 @@ def write_dataset(
     (default: up to 2 CPU cores); the files do not depend on it. Whatever a previous
     generation left in ``out`` is removed first.
     """
-    from . import EXPRESSION_NAMES, PART_NAMES, UNTRACKED_NAMES, sequence_trajectory
+    from npga.capture.synthetic import (
+        EXPRESSION_NAMES,
+        PART_NAMES,
+        UNTRACKED_NAMES,
+        sequence_trajectory,
+    )
 
     P = _resolve(profile)
     d = P.data
@@ -347,11 +341,11 @@ def write_dataset(
         )
         if keep:
             arrays["vertices"] = np.stack([vertices[pid, name][t] for t in range(T)])
-        _save_npz(root / f"{pid:03d}" / "sequences" / name / "ground_truth.npz", **arrays)
+        save_npz(root / f"{pid:03d}" / "sequences" / name / "ground_truth.npz", **arrays)
 
     if S > 0:
         head = _head(SCAN_PID_OFFSET, seed, d.mesh_resolution)
-        _save_npz(
+        save_npz(
             root / "scans" / "scans.npz",
             neutral=scan_neutral,
             offsets=scan_offsets,

@@ -48,7 +48,7 @@ def environment_report(profile_name: str | None = None) -> list[dict]:
     import os
     import platform
 
-    from .config import get_profile
+    from npga.config import get_profile
 
     rows: list[dict] = []
 

@@ -1,4 +1,4 @@
-"""Adaptive density control for a *dynamic* avatar: a trainer hook around :mod:`npga.densify`.
+"""Adaptive density control for a *dynamic* avatar: a trainer hook around :mod:`npga.splatting.densify`.
 
 Static 3DGS densifies where the view-space positional gradient, averaged over the views
 that saw a Gaussian, is large. An avatar changes that picture in three ways, and this
@@ -25,7 +25,7 @@ is below is ours where the paper is not specific):
    steps (0: never), keep at most ``max_gaussians``. The big-Gaussian pruning of 3DGS starts
    with the first opacity reset, as in 3DGS.
 
-The k-NN graph of the Laplacian terms (:mod:`npga.regularizers`) notices the replaced
+The k-NN graph of the Laplacian terms (:mod:`npga.avatar.regularizers`) notices the replaced
 ``means`` parameter and rebuilds itself at its next use.
 """
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .densify import DensifyConfig, DensifyState, densify_and_prune, reset_opacity
+from npga.splatting.densify import DensifyConfig, DensifyState, densify_and_prune, reset_opacity
 
 
 @dataclass
@@ -81,7 +81,7 @@ class DynamicADC:
         )
 
     def state_dict(self) -> dict:
-        """What a resumed run needs to densify exactly as an uninterrupted one (npga.train checkpoints)."""
+        """What a resumed run needs to densify exactly as an uninterrupted one (npga.avatar.train checkpoints)."""
         st = None if self.state is None else {k: getattr(self.state, k).detach().cpu().clone()
                                               for k in self.state._tensors()}
         return {"state": st, "generator": self.gen.get_state(), "history": self.history}
@@ -121,10 +121,10 @@ class DynamicADC:
 def accumulate_views(state: DensifyState, meta: dict, mode: str = "npga") -> None:
     """Add one rendering's NDC gradients to ``state``; see the module docstring for ``mode``.
 
-    ``mode="3dgs"`` is :func:`npga.densify.accumulate`. ``mode="npga"`` counts a view only
+    ``mode="3dgs"`` is :func:`npga.splatting.densify.accumulate`. ``mode="npga"`` counts a view only
     where the gradient of the Gaussian's 2D mean is non-zero.
     """
-    from .densify import accumulate
+    from npga.splatting.densify import accumulate
 
     if mode == "3dgs":
         accumulate(state, meta)

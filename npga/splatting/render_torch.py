@@ -1,4 +1,4 @@
-"""The pure-PyTorch backend of :func:`npga.render.rasterize` (any device, differentiable).
+"""The pure-PyTorch backend of :func:`npga.splatting.render.rasterize` (any device, differentiable).
 
 Two stages, the same as gsplat's CUDA pipeline (and the original 3DGS rasterizer of
 Kerbl et al. 2023, Sec. 4 and 6):
@@ -81,7 +81,9 @@ def project_gaussians(
     in (near_plane, far_plane) or its box misses the image. Culled entries of means2d,
     depths and conics are 0 and receive no gradient.
     """
-    from .gaussians import quat_to_rotmat  # late: gaussians.py may import this package
+    from npga.splatting.gaussians import (
+        quat_to_rotmat,  # late: gaussians.py may import this package
+    )
 
     dtype = means.dtype
     R = viewmats[:, :3, :3]  # (C, 3, 3)

@@ -3,7 +3,7 @@
 The recipe is the original one: start from a point cloud, render random training
 views, minimise ``(1 - lambda) L1 + lambda (1 - SSIM)`` with lambda = 0.2 (3DGS
 Eq. 7) using Adam with one learning rate per parameter, and let adaptive density
-control (:mod:`npga.densify`) add and remove Gaussians on the way.
+control (:mod:`npga.splatting.densify`) add and remove Gaussians on the way.
 
 Differences from 3DGS, all for a head captured on a black background:
 
@@ -27,11 +27,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cameras import Camera, stack_cameras
-from .config import StaticFitConfig
-from .densify import DensifyConfig, DensifyState, accumulate, densify_and_prune, reset_opacity
-from .gaussians import GaussianParams, activate, check_params, init_from_points, num_gaussians
-from .metrics import lpips, psnr, psnr_torch, ssim, ssim_torch
+from npga.capture.cameras import Camera, stack_cameras
+from npga.config import StaticFitConfig
+from npga.metrics import lpips, psnr, psnr_torch, ssim, ssim_torch
+from npga.splatting.densify import (
+    DensifyConfig,
+    DensifyState,
+    accumulate,
+    densify_and_prune,
+    reset_opacity,
+)
+from npga.splatting.gaussians import (
+    GaussianParams,
+    activate,
+    check_params,
+    init_from_points,
+    num_gaussians,
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,7 @@ class OptimConfig:
     init_scale_factor: float = 0.5
     hull_shell: float = 0.1  # see visual_hull_points
     densify: DensifyConfig = field(default_factory=DensifyConfig)
-    backend: str = "auto"  # passed to npga.render.rasterize
+    backend: str = "auto"  # passed to npga.splatting.render.rasterize
 
 
 @dataclass
@@ -206,7 +218,7 @@ def render_static(
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, dict]:
     """Render Gaussians into cameras on black: colours (C, H, W, 3), alphas (C, H, W, 1), meta."""
-    from .render import rasterize
+    from npga.splatting.render import rasterize
 
     sizes = {(c.width, c.height) for c in cameras}
     if len(sizes) != 1:

@@ -15,7 +15,7 @@ One runner serves both ``make book`` and the test suite:
 
 Command line::
 
-    python -m npga.book_runner [--profile mini] [--no-html] [--force] [--only NAME]
+    python -m npga.book.runner [--profile mini] [--no-html] [--force] [--only NAME]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROFILE_NAMES, REPO_ROOT
+from npga.config import PROFILE_NAMES, REPO_ROOT
 
 BUILD_DIR = REPO_ROOT / "_build"
 RUNNER_VERSION = "1"  # bump to invalidate every cached chapter
@@ -85,12 +85,11 @@ def chapters_from_toc(root: Path = REPO_ROOT) -> list[Path]:
 
 
 def package_digest(root: Path = REPO_ROOT) -> str:
-    """Hash of the package's, data scripts' and benchmark scripts' source, and of the recorded
-    benchmark results that chapters load (so a new results file re-executes those chapters)."""
+    """Hash of the package's and data scripts' source, and of the recorded benchmark results
+    that chapters load (so a new results file re-executes those chapters)."""
     h = hashlib.sha256()
     files = []
-    # benchmarks/*.py too: chapters 5-8 import benchmarks/ablation.py
-    sources = (("npga", "*.py"), ("data_scripts", "*.py"), ("benchmarks", "*.py"), ("benchmarks/results", "*"))
+    sources = (("npga", "*.py"), ("data_scripts", "*.py"), ("benchmarks/results", "*"))
     for folder, pattern in sources:
         files += sorted((root / folder).rglob(pattern))
     for path in files:

@@ -18,11 +18,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from .io import write_json
+from npga.io import write_json
 
 # NeRSemble's 16 camera serials, in the order the dataset lists them.
 NERSEMBLE_SERIALS: tuple[str, ...] = (
@@ -221,14 +221,19 @@ def _check_rigid(M: np.ndarray, what: str, path: Path, tol: float = 1e-4) -> Non
         raise CalibrationError(f"{path}: {what} has last row {M[3].tolist()}, expected [0, 0, 0, 1]")
 
 
+ImageSizes = Mapping[str, tuple[int, int]]
+
+
 def read_camera_params(
-    path: str | Path, image_sizes: Mapping[str, tuple[int, int]] | None = None
+    path: str | Path, image_sizes: ImageSizes | Callable[[list[str]], ImageSizes] | None = None
 ) -> dict[str, Camera]:
     """Read ``camera_params.json`` into ``{serial: Camera}``, validating every entry.
 
-    ``intrinsics`` may be one shared 3x3 matrix or one per serial. The image size
-    comes from ``width``/``height`` when present, else from ``image_sizes``
-    (``{serial: (width, height)}``, typically read off the images).
+    The only parser of the file in the package. ``intrinsics`` may be one shared 3x3
+    matrix or one per serial. The image size comes from ``width``/``height`` when the
+    file has them, else from ``image_sizes``: ``{serial: (width, height)}``, or a function
+    of the calibrated serials returning that mapping, called only when the file has no
+    size (the loader reads the sizes off the images only then).
     Raises :class:`CalibrationError` naming the file and the offending value.
     """
     path = Path(path)
@@ -244,6 +249,9 @@ def read_camera_params(
     if not isinstance(w2c, dict) or not w2c:
         raise CalibrationError(f"{path}: 'world_2_cam' must map camera serials to 4x4 matrices")
     intr = obj["intrinsics"]
+    has_size = "width" in obj and "height" in obj
+    if not has_size and callable(image_sizes):
+        image_sizes = image_sizes([str(s) for s in w2c])
     cameras: dict[str, Camera] = {}
     for serial, value in w2c.items():
         M = _matrix(value, (4, 4), f"world_2_cam[{serial}]", path)
@@ -256,7 +264,7 @@ def read_camera_params(
             K = _matrix(intr, (3, 3), "intrinsics", path)
         if K[0, 0] <= 0 or K[1, 1] <= 0:
             raise CalibrationError(f"{path}: intrinsics of camera {serial} has non-positive focal")
-        if "width" in obj and "height" in obj:
+        if has_size:
             size = (int(obj["width"]), int(obj["height"]))
         elif image_sizes is not None and serial in image_sizes:
             size = tuple(int(v) for v in image_sizes[serial])

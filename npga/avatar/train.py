@@ -16,7 +16,7 @@ sampler), so that on the CPU a resumed run gives the same numbers as an uninterr
 one. If the loss or a gradient turns NaN/Inf, :class:`TrainingDiverged` is raised
 before any parameter is touched and the last good checkpoint stays as it was.
 
-Command line: ``python -m npga.train --profile mini --features 8 --name features``.
+Command line: ``python -m npga.avatar.train --profile mini --features 8 --name features``.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .avatar import AvatarRender, NPGAvatar
-from .config import Profile, get_profile
-from .io import save_torch
-from .metrics import psnr_torch, ssim_torch
-from .static_fit import OptimConfig as _GAUSSIAN_LRS
+from npga.avatar.model import AvatarRender, NPGAvatar
+from npga.config import Profile, get_profile
+from npga.io import save_torch
+from npga.metrics import psnr_torch, ssim_torch
+from npga.splatting.static_fit import OptimConfig as _GAUSSIAN_LRS
 
 CHECKPOINT_VERSION = 1
 GAUSSIAN_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN", "features")
@@ -137,7 +137,7 @@ class TrainData:
     """
 
     def __init__(self, participant, sequences, serials=None, codes: str = "nphm", device="cpu"):
-        from .cameras import stack_cameras
+        from npga.capture.cameras import stack_cameras
 
         self.participant = participant
         self.sequences = [participant.sequence(s) for s in sequences]
@@ -286,7 +286,7 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as err:
         raise ValueError(f"{path}: unreadable checkpoint ({err})") from err
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: not an npga.train checkpoint (version {CHECKPOINT_VERSION})")
+        raise ValueError(f"{path}: not an npga.avatar.train checkpoint (version {CHECKPOINT_VERSION})")
     return ckpt
 
 
@@ -429,10 +429,10 @@ def avatar_dir(profile: Profile, name: str) -> Path:
 
 def prepare(profile: Profile, progress: bool = True):
     """Dataset, head models, tracking and the distilled prior of ``profile``, made when missing."""
-    from .deformation.store import load_or_distill
-    from .headmodels import load_or_train
-    from .headmodels.fitting import track_dataset, tracked
-    from .synthetic.writer import ensure_dataset
+    from npga.capture.synthetic.writer import ensure_dataset
+    from npga.deformation.store import load_or_distill
+    from npga.headmodels import load_or_train
+    from npga.headmodels.fitting import track_dataset, tracked
 
     ensure_dataset(profile, progress=progress)
     head = load_or_train(profile, "nphm", progress=progress)
@@ -478,10 +478,10 @@ def train_avatar(
     Writes ``checkpoint.pt`` (resumable), ``results.json`` (metrics, time, config) and
     ``frame0.ply`` (the avatar posed at the first training frame). Returns the results.
     """
-    from .avatar import build_avatar
-    from .data import open_dataset
-    from .evaluate import evaluate_avatar_splits
-    from .io import write_json
+    from npga.avatar.evaluate import evaluate_avatar_splits
+    from npga.avatar.model import build_avatar
+    from npga.capture.dataset import open_dataset
+    from npga.io import write_json
 
     head, prior = prepare(profile, progress)
     part = open_dataset(profile.data_root).participant(participant)
@@ -518,7 +518,7 @@ def load_or_train_avatar(
     """
     import json
 
-    from .data import open_dataset
+    from npga.capture.dataset import open_dataset
 
     folder = avatar_dir(profile, name)
     fd = profile.avatar.feature_dim if feature_dim is None else feature_dim
@@ -539,7 +539,7 @@ def load_or_train_avatar(
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m npga.train", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m npga.avatar.train", description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default=None, help="mini | cpu | gpu (default: $NPGA_PROFILE or mini)")
     ap.add_argument("--name", default=None, help="run name (default: features{F})")
     ap.add_argument("--participant", type=int, default=0)

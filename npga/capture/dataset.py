@@ -19,7 +19,7 @@ Layout
 * ``camera_params.json``: ``{"world_2_cam": {serial: 4x4}, "intrinsics": 3x3 or
   {serial: 3x3}, "width": W, "height": H}``; ``width``/``height`` are optional, and when
   they are absent the size is read off the images. World-to-camera is OpenCV's
-  convention, ``K`` is in pixels (see :mod:`npga.cameras`).
+  convention, ``K`` is in pixels (see :mod:`npga.capture.cameras`).
 * Images are 8-bit RGB, premultiplied on black for synthetic data; alpha maps are 8-bit
   grey (the first channel is used when there are more). ``.jpg`` is accepted as well as
   ``.png``. A ``timesteps/`` folder between the sequence and its frames (NeRSemble's
@@ -32,7 +32,7 @@ Layout
   when small enough to be cheap (the ``mini`` profile), ``vertices`` (T, V, 3) float32
   metres. :meth:`Sequence.ground_truth_vertices` returns a frame's mesh either way,
   regenerating it exactly from ``identity.json`` and the codes with
-  :class:`npga.synthetic.SynthHead` when it is not stored (same faces for every frame:
+  :class:`npga.capture.synthetic.SynthHead` when it is not stored (same faces for every frame:
   :meth:`Sequence.ground_truth_faces`).
 * ``tracking/{model}.npz``: ``z_exp`` (T, d) and ``z_id`` (d_id,) float32, written by
   the tracking chapter for head model ``model`` (e.g. ``"3dmm"``, ``"nphm"``).
@@ -43,7 +43,7 @@ Layout
   2e-5 m), ``faces`` (F, 3), ``part_of_vertex`` (V,), ``part_names``, ``z_exp_gt``
   (S, X, E) (expression 0 of every identity is neutral), ``identity_pids`` (S,),
   ``identities_json`` (one JSON string per identity,
-  :meth:`npga.synthetic.Identity.to_dict`), ``expression_names``, and the split:
+  :meth:`npga.capture.synthetic.Identity.to_dict`), ``expression_names``, and the split:
   ``identity_split`` (S,) and ``expression_split`` (X,), values ``"train"`` or
   ``"heldout"`` (the last quarter of the identities, the last fifth of the expression
   slots). Read it with :meth:`Dataset.scans`.
@@ -52,9 +52,9 @@ Layout
   resolution, scan sizes, expression and untracked names, generator version and a hash
   of the generator's source, and ``complete`` -- written ``false`` first and ``true``
   last, so an interrupted generation is recognised and redone
-  (:func:`npga.synthetic.writer.ensure_dataset`).
+  (:func:`npga.capture.synthetic.writer.ensure_dataset`).
 
-Splits: the held-out cameras are :data:`npga.cameras.HELDOUT_SERIALS` (NeRSemble's
+Splits: the held-out cameras are :data:`npga.capture.cameras.HELDOUT_SERIALS` (NeRSemble's
 four novel-view cameras), the held-out sequence is ``DataConfig.heldout_sequence``
 (``FREE``, for self-reenactment).
 
@@ -73,7 +73,7 @@ Opening a participant reads and checks its calibration; opening a sequence check
 structure (frames exist, every frame has an image and an alpha map for the same
 cameras, every camera is calibrated) and the size of the first frame's images.
 Every image read later is checked again, and :meth:`Sequence.validate` sweeps every
-file. Problems raise :class:`npga.cameras.CalibrationError` (the calibration) or
+file. Problems raise :class:`npga.capture.cameras.CalibrationError` (the calibration) or
 :class:`DatasetError` (everything else), with the offending file in the message.
 """
 
@@ -83,19 +83,20 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence as SequenceType
+from typing import Iterable
+from typing import Sequence as SequenceType
 
 import numpy as np
 import torch
 
-from .cameras import (
+from npga.capture.cameras import (
     HELDOUT_SERIALS,
     NERSEMBLE_SERIALS,
     CalibrationError,
     Camera,
     read_camera_params,
 )
-from .io import read_png
+from npga.io import read_png
 
 MANIFEST_NAME = "dataset.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -406,7 +407,7 @@ class Sequence:
         """The ground-truth mesh vertices (V, 3) float32 of one frame (synthetic data only).
 
         Read from ``ground_truth.npz`` when stored there, otherwise regenerated exactly
-        from ``identity.json`` and the frame's codes with :class:`npga.synthetic.SynthHead`.
+        from ``identity.json`` and the frame's codes with :class:`npga.capture.synthetic.SynthHead`.
         Faces: :meth:`ground_truth_faces`.
         """
         gt = self.ground_truth()
@@ -465,8 +466,13 @@ class Participant:
         if not self.path.is_dir():
             raise DatasetError(f"{self.path}: no such participant")
         self.calibration_path = self.path / "calibration" / "camera_params.json"
-        self.size_from_calibration, image_sizes = self._image_sizes_if_needed()
-        self.cameras: dict[str, Camera] = read_camera_params(self.calibration_path, image_sizes)
+        self.size_from_calibration = True
+
+        def sizes_from_images(serials: list[str]) -> dict[str, tuple[int, int]]:
+            self.size_from_calibration = False  # the file has no width/height
+            return self._image_sizes(serials)
+
+        self.cameras: dict[str, Camera] = read_camera_params(self.calibration_path, sizes_from_images)
         if self.size_from_calibration:
             for cam in self.cameras.values():
                 cx, cy = cam.K[0, 2], cam.K[1, 2]
@@ -479,17 +485,10 @@ class Participant:
         self._sequences: dict[str, Sequence] = {}
         self._head = None  # SynthHead, built on demand for synthetic ground truth
 
-    def _image_sizes_if_needed(self) -> tuple[bool, dict[str, tuple[int, int]] | None]:
-        """Read image sizes off the first frame of each sequence when the file lacks them."""
-        path = self.calibration_path
-        if not path.is_file():
-            raise CalibrationError(f"{path}: calibration file not found")
-        try:
-            obj = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise CalibrationError(f"{path}: not valid JSON ({err})") from None
-        if isinstance(obj, dict) and "width" in obj and "height" in obj:
-            return True, None
+    def _image_sizes(self, serials: list[str]) -> dict[str, tuple[int, int]]:
+        """Image sizes read off the first frame of each sequence (for a calibration file
+        without ``width``/``height``); a calibrated camera without images takes the common
+        size, if there is one."""
         sizes: dict[str, tuple[int, int]] = {}
         for name in self.sequences:
             seq_dir = self.path / "sequences" / name
@@ -498,14 +497,12 @@ class Participant:
             if firsts:
                 for serial, p in _camera_files(firsts[0] / "images").items():
                     sizes.setdefault(serial, _image_size(p))
-        # A calibrated camera without images takes the common size, if there is one.
-        serials = obj.get("world_2_cam", {}) if isinstance(obj, dict) else {}
         common = set(sizes.values())
-        if len(common) == 1 and isinstance(serials, dict):
+        if len(common) == 1:
             only = next(iter(common))
             for s in serials:
-                sizes.setdefault(str(s), only)
-        return False, sizes
+                sizes.setdefault(s, only)
+        return sizes
 
     @property
     def sequences(self) -> list[str]:
@@ -546,9 +543,9 @@ class Participant:
             raise DatasetError(f"{path}: not valid JSON ({err})") from None
 
     def synth_head(self):
-        """The :class:`npga.synthetic.SynthHead` of this (synthetic) participant; cached."""
+        """The :class:`npga.capture.synthetic.SynthHead` of this (synthetic) participant; cached."""
         if self._head is None:
-            from .synthetic import Identity, SynthHead
+            from npga.capture.synthetic import Identity, SynthHead
 
             manifest = self.dataset.manifest or {}
             if "mesh_resolution" not in manifest:

@@ -19,7 +19,7 @@ refined image equals the rasterized RGB at the start of training and the CNN onl
 a residual. Width is ``AvatarConfig.cnn_channels``. Images stay channels-last at the
 interface (C, H, W, D), as everywhere in the book.
 
-:class:`RefinedAvatar` wraps an avatar and its CNN so that :mod:`npga.evaluate` scores the
+:class:`RefinedAvatar` wraps an avatar and its CNN so that :mod:`npga.avatar.evaluate` scores the
 refined images, and :func:`cnn_image_head` is the trainer hook.
 """
 
@@ -72,7 +72,7 @@ class ScreenSpaceCNN(nn.Module):
 
 
 def latent_image(render) -> Tensor:
-    """[RGB | rasterized features] (C, H, W, 3 + F) of an :class:`npga.avatar.AvatarRender`."""
+    """[RGB | rasterized features] (C, H, W, 3 + F) of an :class:`npga.avatar.model.AvatarRender`."""
     if render.features is None:
         raise ValueError("the render has no feature channels: render with with_features=True")
     return torch.cat([render.colors, render.features], dim=-1)

@@ -5,7 +5,7 @@ An avatar is
 * N canonical Gaussians (means, rotations, log-scales, opacity logits, SH colours and,
   optionally, per-Gaussian latent features f_i), placed at initialisation on the
   canonical surface of the tracked identity's head model (``NPHM.canonical_surface_points``);
-* the dynamics module D = F + G (:mod:`npga.dynamics`): the forward field F distilled from
+* the dynamics module D = F + G (:mod:`npga.avatar.dynamics`): the forward field F distilled from
   the head model (:mod:`npga.deformation`, fine-tuned per avatar with a lower learning
   rate) moves means and, through its Jacobian, rotations and scales; the detail network G
   adds offsets to position, rotation and scale. Colour and opacity are not deformed.
@@ -27,10 +27,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import AvatarConfig, Profile
-from .deformation import ForwardField, deform_gaussians
-from .dynamics import DetailNetwork
-from .gaussians import GaussianParams, eval_sh, init_from_points, save_ply, sh_coeffs, sh_degree_of
+from npga.avatar.dynamics import DetailNetwork
+from npga.config import AvatarConfig, Profile
+from npga.deformation import ForwardField, deform_gaussians
+from npga.splatting.gaussians import (
+    GaussianParams,
+    eval_sh,
+    init_from_points,
+    save_ply,
+    sh_coeffs,
+    sh_degree_of,
+)
 
 
 @dataclass
@@ -47,7 +54,7 @@ class AvatarRender:
 class NPGAvatar(nn.Module):
     """Canonical Gaussians + forward field F + detail network G.
 
-    ``gaussians``: a :data:`~npga.gaussians.GaussianParams` dict (kept as a plain dict, not
+    ``gaussians``: a :data:`~npga.splatting.gaussians.GaussianParams` dict (kept as a plain dict, not
     registered with the module, because adaptive density control replaces its entries);
     ``prior``: the forward field F (this avatar's own copy: it is fine-tuned);
     ``detail``: G, or None for F alone; ``z_id``: the tracked identity code F is
@@ -131,7 +138,7 @@ class NPGAvatar(nn.Module):
         sh_degree: int | None = None,
     ) -> AvatarRender:
         """Render one frame into C cameras; colour and (optionally) features in one pass."""
-        from .render import rasterize
+        from npga.splatting.render import rasterize
 
         posed = self.deform(z_exp)
         g = self.gaussians
@@ -259,7 +266,7 @@ def initial_colors(points_posed: np.ndarray, images: np.ndarray, cameras) -> np.
     """RGB (N, 3) for Gaussians at posed positions: median over the cameras' pixels."""
     import warnings
 
-    from .static_fit import colours_from_images
+    from npga.splatting.static_fit import colours_from_images
 
     with warnings.catch_warnings():  # points no camera sees (under the chin) get grey
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -283,8 +290,8 @@ def build_avatar(
     (:func:`npga.deformation.store.load_or_distill`), colours from the first training
     frame seen by the training cameras through F.
     """
-    from .deformation.store import load_or_distill
-    from .headmodels import load_or_train
+    from npga.deformation.store import load_or_distill
+    from npga.headmodels import load_or_train
 
     cfg = profile.avatar
     train_seqs = [s for s in participant.sequences if s != profile.data.heldout_sequence]

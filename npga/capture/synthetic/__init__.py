@@ -1,6 +1,6 @@
 """SynthHead: the procedural capture every chapter learns from.
 
-``from npga.synthetic import SynthHead, sample_identity, sequence_trajectory, ...``
+``from npga.capture.synthetic import SynthHead, sample_identity, sequence_trajectory, ...``
 
 * :mod:`.head` -- geometry, parts, identity and expression (fixed topology);
 * :mod:`.appearance` -- procedural albedo, expression wrinkles, lighting;
@@ -8,7 +8,7 @@
 * :mod:`.trajectories` -- NeRSemble-like expression sequences.
 """
 
-from .head import (
+from npga.capture.synthetic.head import (
     CULLED_PARTS,
     EXPRESSION_NAMES,
     EXPRESSION_RANGES,
@@ -21,8 +21,15 @@ from .head import (
     sample_expression,
     sample_identity,
 )
-from .meshrender import Fragments, interpolate, rasterize, render_mesh, resolve, vertex_normals
-from .trajectories import SEQUENCE_KINDS, sequence_trajectory
+from npga.capture.synthetic.meshrender import (
+    Fragments,
+    interpolate,
+    rasterize,
+    render_mesh,
+    resolve,
+    vertex_normals,
+)
+from npga.capture.synthetic.trajectories import SEQUENCE_KINDS, sequence_trajectory
 
 __all__ = [
     "CULLED_PARTS",

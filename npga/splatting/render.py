@@ -4,7 +4,7 @@
 subset NPGA needs, non-packed mode) and returns the same outputs, so every caller in
 the book works unchanged on a laptop CPU and on a CUDA GPU:
 
-* ``backend="torch"`` -- :mod:`npga.render_torch`, pure PyTorch, any device. Same math
+* ``backend="torch"`` -- :mod:`npga.splatting.render_torch`, pure PyTorch, any device. Same math
   as gsplat (EWA projection, opacity-aware boxes, alpha >= 1/255, T > 1e-4 rules).
 * ``backend="gsplat"`` -- gsplat's fused CUDA kernels; CUDA tensors only.
 * ``backend="auto"`` -- gsplat for CUDA tensors when it imports, torch otherwise.
@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from .render_torch import composite, project_gaussians
+from npga.splatting.render_torch import composite, project_gaussians
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 BACKENDS = ("auto", "torch", "gsplat")
@@ -196,7 +196,7 @@ def _choose_backend(backend: str, means: Tensor) -> str:
 
 def _sh_colors(coeffs: Tensor, means: Tensor, viewmats: Tensor, sh_degree: int, C: int) -> Tensor:
     """RGB (C, N, 3) of SH coefficients seen from each camera: max(SH(dir) + 0.5, 0)."""
-    from .gaussians import eval_sh  # late: gaussians.py may import this module
+    from npga.splatting.gaussians import eval_sh  # late: gaussians.py may import this module
 
     campos = torch.linalg.inv(viewmats)[:, :3, 3]  # (C, 3) camera centres
     dirs = means[None, :, :] - campos[:, None, :]  # (C, N, 3), camera -> Gaussian

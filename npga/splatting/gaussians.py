@@ -2,7 +2,7 @@
 
 A set of N 3D Gaussians (Kerbl et al. 2023, "3D Gaussian Splatting", Sec. 4) is a
 plain ``dict`` of ``torch.nn.Parameter``s, keyed as gsplat's strategies expect so
-that the same dict can be handed to either backend and to :mod:`npga.densify`:
+that the same dict can be handed to either backend and to :mod:`npga.splatting.densify`:
 
 ==============  ============  ==========================================================
 key             shape         stored as
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .io import atomic_write
+from npga.io import atomic_write
 
 GaussianParams = dict  # dict[str, torch.nn.Parameter]; see the module docstring
 

@@ -22,7 +22,7 @@ of NPGA make a visible difference on it:
   limitations section lists them.
 
 Geometry in metres, +y up, face towards +z, subject's left = +x, head centre near
-the origin (see :mod:`npga.cameras`).
+the origin (see :mod:`npga.capture.cameras`).
 
 The skin surface (one grid of rows x columns):
     rows 0..Nh   head, angle theta from the crown (row 0 is a single pole vertex)
@@ -52,7 +52,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..cameras import Camera
+from npga.capture.cameras import Camera
 
 # ----------------------------------------------------------------------------- names
 
@@ -1153,7 +1153,7 @@ class SynthHead:
     def textures(self):
         """The identity's procedural texture maps (built on first use)."""
         if self._textures is None:
-            from .appearance import build_textures
+            from npga.capture.synthetic.appearance import build_textures
 
             self._textures = build_textures(self)
         return self._textures
@@ -1174,8 +1174,8 @@ class SynthHead:
         the nearest surface (minimum over the pixel's samples, +inf where empty),
         which tells which vertices are visible.
         """
-        from .appearance import shade
-        from .meshrender import rasterize, resolve
+        from npga.capture.synthetic.appearance import shade
+        from npga.capture.synthetic.meshrender import rasterize, resolve
 
         z = _check_code(z_exp, EXPRESSION_NAMES, "z_exp")
         u = _check_code(untracked, UNTRACKED_NAMES, "untracked")
@@ -1204,7 +1204,7 @@ class SynthHead:
 
     def frame_attributes(self, V: np.ndarray, z: np.ndarray) -> dict:
         """Per-vertex quantities shared by every camera of one frame."""
-        from .meshrender import vertex_normals
+        from npga.capture.synthetic.meshrender import vertex_normals
 
         return {"vertices": V, "normals": vertex_normals(V, self.faces), "z": z,
                 "tangents": self._skin_tangents(V)}

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .head import (
+from npga.capture.synthetic.head import (
     EXPRESSION_NAMES,
     PART,
     PART_NAMES,

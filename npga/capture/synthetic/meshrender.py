@@ -4,7 +4,7 @@ The synthetic capture must not be rendered by the method it is meant to test, so
 the ground-truth images come from a classic triangle rasterizer, not from
 Gaussians:
 
-1. vertices are projected with the OpenCV pinhole model (``npga.cameras``);
+1. vertices are projected with the OpenCV pinhole model (``npga.capture.cameras``);
 2. every triangle is expanded into the samples of its bounding box on a
    ``supersample`` x finer grid (sample centres at integer + 0.5) and kept where
    all three edge functions are non-negative;
@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..cameras import Camera
+from npga.capture.cameras import Camera
 
 _FACE_BITS = 26  # faces per mesh < 2**26 = 67M
 _DEPTH_LEVELS = 2**36  # depth quantisation; (2**36 << 26) < 2**63

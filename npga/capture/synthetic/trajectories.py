@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from .head import (
+from npga.capture.synthetic.head import (
     EXPRESSION_NAMES,
     UNTRACKED_NAMES,
     UNTRACKED_RANGES,
