@@ -19,8 +19,10 @@ with :func:`dataclasses.replace` without touching the defaults.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +50,7 @@ class DataConfig:
 class RenderConfig:
     """Gaussian rasterizer settings."""
 
-    backend: str = "auto"  # "auto" | "torch" | "gsplat"
+    backend: str = "auto"  # "auto" (gsplat on CUDA, numba on the CPU) | "numba" | "torch" | "gsplat"
     tile_size: int = 16
 
 
@@ -127,7 +129,7 @@ class AvatarConfig:
     sh_degree: int = 1  # SH degree of the Gaussians' colours
     init_opacity: float = 0.3  # opacity of the canonical Gaussians at initialisation
     transport: str = "exact"  # how F's Jacobian moves shapes: "exact" | "polar" (npga.deformation)
-    jacobian: str = "fd"  # F's Jacobian: "fd" (6 extra passes) | "autograd" (double backward)
+    jacobian: str = "analytic"  # F's Jacobian: "analytic" (forward mode, one pass) | "fd" | "autograd"
     eval_every: int = 0  # trainer: held-out evaluation every this many steps (0: only at the end)
     checkpoint_every: int = 100  # trainer: write a checkpoint every this many steps
     # Laplacian terms on the k-NN graph of canonical Gaussians (npga.avatar.regularizers, chapter 6)
@@ -156,17 +158,39 @@ class Profile:
     avatar: AvatarConfig
     device: str = "cpu"
 
+    def variant_key(self, *sections: str) -> str:
+        """"" when these config sections equal those of the named profile, else "-" and a
+        short hash of them.
+
+        Every cache appends the key of the sections it depends on to its folder or file
+        name, so a profile changed with :func:`with_overrides` (an exercise, an experiment)
+        trains into places of its own: it never silently loads, nor overwrites, the models
+        the book's chapters read. The seed is not part of any key: the book trains head
+        models and priors once per profile, and seeds vary the avatars' optimisation only.
+        """
+        base = _PROFILES.get(self.name)
+        if base is not None and all(getattr(base, s) == getattr(self, s) for s in sections):
+            return ""
+        blob = json.dumps({s: asdict(getattr(self, s)) for s in sections}, sort_keys=True, default=str)
+        return "-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
+
     @property
     def data_root(self) -> Path:
-        """Where this profile's synthetic dataset lives (``NPGA_DATA`` overrides)."""
+        """Where this profile's synthetic dataset lives (``NPGA_DATA`` overrides); a changed
+        ``data`` section gets a folder of its own (:meth:`variant_key`)."""
         env = os.environ.get("NPGA_DATA")
-        return Path(env) if env else REPO_ROOT / "data" / "synthetic" / self.name
+        root = Path(env) if env else REPO_ROOT / "data" / "synthetic" / self.name
+        key = self.variant_key("data")
+        return root.with_name(root.name + key) if key else root
 
     @property
     def cache_root(self) -> Path:
-        """Where trained models (head models, priors, avatars) for this profile go."""
+        """Where trained models (head models, priors, avatars) for this profile go
+        (``NPGA_CACHE`` overrides); models of a changed ``data`` section go elsewhere."""
         env = os.environ.get("NPGA_CACHE")
-        return Path(env) if env else REPO_ROOT / "data" / "models" / self.name
+        root = Path(env) if env else REPO_ROOT / "data" / "models" / self.name
+        key = self.variant_key("data")
+        return root.with_name(root.name + key) if key else root
 
 
 _MINI_SEQUENCES = ("EXP-2-eyes", "EXP-4-lips", "EXP-8-jaw-1", "FREE")

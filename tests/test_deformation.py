@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -192,6 +193,48 @@ def test_deform_gaussians_autograd_and_fd_jacobians_agree_and_gradients_flow(war
     assert not m.requires_grad and not q.requires_grad
 
 
+@pytest.mark.parametrize("n_freqs,id_dims", [(0, 0), (0, 8), (3, 8)])
+def test_analytic_jacobian_equals_autograd_in_float64(n_freqs, id_dims):
+    """F's layer-by-layer forward-mode Jacobian is autograd's to rounding (1e-6), and so
+    are the gradients of a loss on it (parameters and positions)."""
+    from npga.deformation.baselines import pointwise_jacobian
+
+    torch.manual_seed(1)
+    field = ForwardField(exp_dims=6, id_dims=id_dims, hidden=24, layers=4, n_freqs=n_freqs).double()
+    with torch.no_grad():  # far from the identity start: every layer matters
+        for p in field.parameters():
+            p.normal_(0, 0.4)
+    x = (0.1 * torch.randn(40, 3, dtype=torch.float64)).requires_grad_(True)
+    z_exp = torch.randn(6, dtype=torch.float64)
+    z_id = torch.randn(id_dims, dtype=torch.float64) if id_dims else None
+    y_a, J_a = field.forward_and_jacobian(x, z_exp, z_id)
+    y_r, J_r = pointwise_jacobian(lambda q: field(q, z_exp, z_id), x, create_graph=True)
+    assert J_r.abs().max() > 0.5  # a Jacobian far from the identity
+    assert torch.allclose(y_a, y_r, atol=1e-12)
+    assert torch.allclose(J_a, J_r, atol=1e-6, rtol=0), (J_a - J_r).abs().max()
+    w = torch.randn(40, 3, 3, dtype=torch.float64)
+    params = [x] + list(field.parameters())
+    g_a = torch.autograd.grad((J_a * w).sum() + y_a.sum(), params)
+    g_r = torch.autograd.grad((J_r * w).sum() + y_r.sum(), params)
+    for a, b in zip(g_a, g_r):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-6), (a - b).abs().max()
+
+
+def test_deform_gaussians_analytic_jacobian_matches_autograd_and_needs_a_forward_field(warp):
+    torch.manual_seed(0)
+    field = ForwardField(exp_dims=12, id_dims=8, hidden=32, layers=3, n_freqs=2)
+    with torch.no_grad():
+        field.out.weight.normal_(0, 0.3)
+    means, quats, log_scales = _gaussians(100)
+    z_exp, z_id = warp.exp_codes[0, 0], warp.id_codes[0]
+    out_an = deform_gaussians(field, means, quats, log_scales, z_exp, z_id, jacobian="analytic")
+    out_ad = deform_gaussians(field, means, quats, log_scales, z_exp, z_id, jacobian="autograd")
+    for a, b in zip(out_an, out_ad):
+        assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="forward_and_jacobian"):
+        deform_gaussians(lambda x, z, i: x * 1.01, means, quats, log_scales, z_exp, z_id, jacobian="analytic")
+
+
 def test_exact_mode_gradient_is_finite_for_round_gaussians():
     """Round Gaussians (equal scales, as 3DGS initialises them) have repeated eigenvalues."""
     means, quats, _ = _gaussians(50)
@@ -333,7 +376,8 @@ def test_load_or_distill_caches_and_detects_a_changed_head_model(tmp_path, monke
     _, meta4 = load_or_distill(P2, "analytic", head=other, progress=False)
     assert not meta4["loaded"]
     prior_path(P, "analytic").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="forward_field_analytic.pt"):
+    assert prior_path(P2, "analytic") != prior_path(P, "analytic")  # its own file: P's stays
+    with pytest.raises(ValueError, match=re.escape(prior_path(P, "analytic").name)):
         load_or_distill(P, "analytic", head=other, progress=False)
 
 

@@ -4,6 +4,7 @@ CUDA op (only gsplat.cuda._torch_impl, which is plain PyTorch)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 
@@ -346,18 +347,23 @@ def test_per_camera_colours():
     assert not torch.allclose(both[0], both[1])
 
 
-def test_auto_backend_on_cpu_is_torch_and_meta_keys():
+def test_auto_backend_on_cpu_is_numba_and_meta_keys():
     W, H = 20, 18
     means, quats, scales, opacities, colors = _scene(10)
     viewmats, Ks = _cameras(3, W, H)
-    _, _, meta = rasterize(means, quats, scales, opacities, colors, viewmats, Ks, W, H)
-    assert meta["backend"] == "torch"
-    for key in ("means2d", "radii", "depths", "conics", "opacities"):
-        assert meta[key].shape[:2] == (3, 10), key
-    assert meta["radii"].dtype == torch.int32
-    assert (meta["width"], meta["height"], meta["n_cameras"], meta["tile_size"]) == (W, H, 3, 16)
-    assert (meta["tile_width"], meta["tile_height"]) == (2, 2)
-    assert meta["gaussian_ids"] is None and meta["camera_ids"] is None
+    args = (means, quats, scales, opacities, colors, viewmats, Ks, W, H)
+    # "auto" on CPU tensors: the compiled numba backend when numba imports, else torch
+    # (tests/test_render_numba.py checks the fallback with numba hidden).
+    expected = "numba" if importlib.util.find_spec("numba") is not None else "torch"
+    for backend, want in (("auto", expected), ("torch", "torch")):
+        _, _, meta = rasterize(*args, backend=backend)
+        assert meta["backend"] == want, backend
+        for key in ("means2d", "radii", "depths", "conics", "opacities"):
+            assert meta[key].shape[:2] == (3, 10), key
+        assert meta["radii"].dtype == torch.int32
+        assert (meta["width"], meta["height"], meta["n_cameras"], meta["tile_size"]) == (W, H, 3, 16)
+        assert (meta["tile_width"], meta["tile_height"]) == (2, 2)
+        assert meta["gaussian_ids"] is None and meta["camera_ids"] is None
 
 
 def test_gsplat_backend_refuses_cpu_tensors_without_importing_gsplat(monkeypatch):

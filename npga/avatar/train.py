@@ -424,7 +424,10 @@ def train(
 
 
 def avatar_dir(profile: Profile, name: str) -> Path:
-    return Path(profile.cache_root) / "avatars" / name
+    """Where the book's run ``name`` is stored; changed head-model, prior or avatar settings
+    store their runs apart (:meth:`npga.config.Profile.variant_key`)."""
+    key = profile.variant_key("head_model", "deform", "avatar")
+    return Path(profile.cache_root) / "avatars" / f"{name}{key}"
 
 
 def prepare(profile: Profile, progress: bool = True):

@@ -91,28 +91,79 @@ class ForwardField(nn.Module):
             self.id_mean.copy_(c.mean(0))
             self.id_std.copy_(c.std(0).clamp_min(1e-6) if len(c) > 1 else torch.ones_like(c[0]))
 
-    def offset(self, x_c: Tensor, z_exp: Tensor, z_id: Tensor | None = None) -> Tensor:
-        """x_p - x_c in metres, (N, 3)."""
+    def _encode(self, x_c: Tensor, z_exp: Tensor, z_id: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The MLP's input (N, D_in) and the frequencies of its Fourier features."""
         n = x_c.shape[0]
         z_exp = _broadcast_code(z_exp, n, self.exp_dims, "z_exp")
         z_id = _broadcast_code(z_id, n, self.id_dims, "z_id") if self.id_dims else None
         x = x_c / self.scale
         parts = [x, (z_exp - self.exp_mean) / self.exp_std]
+        freqs = (2.0 ** torch.arange(self.n_freqs, device=x.device, dtype=x.dtype)) * torch.pi
         if self.n_freqs:
             # Low-frequency Fourier features of the position (NeRF's positional encoding):
             # they let a small MLP fit position-dependent motion with fewer steps.
-            freqs = (2.0 ** torch.arange(self.n_freqs, device=x.device, dtype=x.dtype)) * torch.pi
             ang = (x[..., None] * freqs).flatten(-2)  # (N, 3 * n_freqs)
             parts += [torch.sin(ang), torch.cos(ang)]
         if z_id is not None:
             parts.append((z_id - self.id_mean) / self.id_std)
-        inp = torch.cat(parts, dim=-1)  # (N, 3 + E [+ I])
+        return torch.cat(parts, dim=-1), freqs  # (N, 3 + E [+ 6 n_freqs] [+ I])
+
+    def offset(self, x_c: Tensor, z_exp: Tensor, z_id: Tensor | None = None) -> Tensor:
+        """x_p - x_c in metres, (N, 3)."""
+        inp, _ = self._encode(x_c, z_exp, z_id)
         h = inp
         for i, lin in enumerate(self.linears):
             if i == self.skip_at:
                 h = torch.cat([h, inp], dim=-1)
             h = self.act(lin(h))
         return self.out(h) * self.scale
+
+    def forward_and_jacobian(
+        self, x_c: Tensor, z_exp: Tensor, z_id: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """x_p = F(x_c) (N, 3) and its Jacobian J = dx_p/dx_c (N, 3, 3), in one forward pass.
+
+        Forward-mode differentiation written out layer by layer: next to every activation
+        h (N, H) we carry its derivative with respect to the three input coordinates,
+        dh (N, 3, H). A linear layer maps it like h (dh W^T), SiLU multiplies it by
+        SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z), and the skip concatenates it like h.
+        The cost is that of a forward pass with four columns instead of one, and J is an
+        ordinary differentiable tensor: training backpropagates through it once, without
+        the double-backward graph that autograd's Jacobian needs (three vector-Jacobian
+        products with ``create_graph=True``). Equal to the autograd Jacobian to rounding
+        (tests/test_deformation.py).
+        """
+        if x_c.dim() != 2 or x_c.shape[-1] != 3:
+            raise ValueError(f"x_c must have shape (N, 3), got {tuple(x_c.shape)}")
+        if not isinstance(self.act, nn.SiLU):
+            raise NotImplementedError("forward_and_jacobian is written for SiLU activations")
+        inp, freqs = self._encode(x_c, z_exp, z_id)
+        n, d_in = inp.shape
+        # d inp / d x_c, stored as (N, 3, D_in): row k is the derivative along x_c[k].
+        d_inp = inp.new_zeros(n, 3, d_in)
+        eye = torch.eye(3, dtype=inp.dtype, device=inp.device) / self.scale
+        d_inp[:, :, :3] = eye
+        if self.n_freqs:
+            lo = 3 + self.exp_dims
+            F = self.n_freqs
+            ang = (x_c / self.scale)[..., None] * freqs  # (N, 3, F)
+            # feature (axis a, freq f) sits at column a * F + f; it depends on x_c[a] only
+            cols = torch.arange(3, device=inp.device)[:, None] * F + torch.arange(F, device=inp.device)
+            rows = torch.arange(3, device=inp.device)[:, None].expand(3, F)
+            d_inp[:, rows, lo + cols] = torch.cos(ang) * freqs / self.scale
+            d_inp[:, rows, lo + 3 * F + cols] = -torch.sin(ang) * freqs / self.scale
+        h, dh = inp, d_inp
+        for i, lin in enumerate(self.linears):
+            if i == self.skip_at:
+                h, dh = torch.cat([h, inp], dim=-1), torch.cat([dh, d_inp], dim=-1)
+            z = lin(h)  # (N, H)
+            dz = dh @ lin.weight.T  # (N, 3, H): the bias does not depend on x_c
+            s = torch.sigmoid(z)
+            h = z * s
+            dh = dz * (s * (1.0 + z * (1.0 - s)))[:, None, :]
+        x_p = x_c + self.out(h) * self.scale
+        J_t = dh @ self.out.weight.T * self.scale  # (N, 3 in, 3 out) = (dx_p / dx_c)^T - I
+        return x_p, torch.eye(3, dtype=inp.dtype, device=inp.device) + J_t.transpose(-1, -2)
 
     def forward(self, x_c: Tensor, z_exp: Tensor, z_id: Tensor | None = None) -> Tensor:
         """x_p (N, 3) from canonical points x_c (N, 3); codes (d,) or (N, d)."""

@@ -30,7 +30,10 @@ FORMAT_VERSION = 1
 
 def prior_path(profile: Profile, head_model: str = "nphm") -> Path:
     """Where the prior distilled from ``head_model`` is cached for ``profile``."""
-    return Path(profile.cache_root) / f"forward_field_{head_model}.pt"
+    # a prior of changed head-model or deformation settings is another file: it never
+    # replaces the one the book's chapters read
+    key = profile.variant_key("head_model", "deform")
+    return Path(profile.cache_root) / f"forward_field_{head_model}{key}.pt"
 
 
 def get_head_model(profile: Profile, head_model: str = "nphm", progress: bool = True):

@@ -24,10 +24,17 @@ so (1) has to be turned back into a rotation and scales. Two ways:
   covariance for |grad F - I| ~ 0.02, tens of percent for 0.2, e.g. an opening jaw). U comes
   from Newton's iteration U <- (U + U^-T) / 2, smooth and free of SVD's gradient trouble.
 
-Jacobians: ``jacobian="autograd"`` uses one forward and three backward passes through F
-(:func:`npga.deformation.baselines.pointwise_jacobian`); ``jacobian="fd"`` uses six extra
-forward passes (central differences, step ``fd_eps`` metres) and never builds a
-double-backward graph. Their cost per 100k Gaussians is measured in chapter 4.
+Jacobians, three ways (their cost is measured in chapter 4 and ``benchmarks/forward_field.py``):
+
+* ``jacobian="analytic"`` (the avatar's default): the field computes J with its own forward
+  pass, carrying derivatives through every layer (forward mode by hand,
+  :meth:`~npga.deformation.field.ForwardField.forward_and_jacobian`); exact, one pass with
+  four columns, and training backpropagates through it with one ordinary backward pass.
+* ``jacobian="autograd"``: one forward and three backward passes through F
+  (:func:`npga.deformation.baselines.pointwise_jacobian`); training then needs their
+  double-backward graph. Works for any field.
+* ``jacobian="fd"``: six extra forward passes (central differences, step ``fd_eps``
+  metres); approximate (error ~ fd_eps^2), works for any field.
 """
 
 from __future__ import annotations
@@ -110,7 +117,15 @@ def deform_gaussians(
     def F(x: Tensor) -> Tensor:
         return field(x, z_exp) if z_id is None else field(x, z_exp, z_id)
 
-    means_p, J = field_jacobian(F, means, method=jacobian, fd_eps=fd_eps)  # (N, 3), (N, 3, 3)
+    if jacobian == "analytic":
+        if not hasattr(field, "forward_and_jacobian"):
+            raise ValueError(
+                f"jacobian='analytic' needs a field with forward_and_jacobian (a ForwardField), "
+                f"got {type(field).__name__}; use 'autograd' or 'fd'"
+            )
+        means_p, J = field.forward_and_jacobian(means, z_exp, z_id)  # (N, 3), (N, 3, 3)
+    else:
+        means_p, J = field_jacobian(F, means, method=jacobian, fd_eps=fd_eps)
     R = quat_to_rotmat(quats)  # (N, 3, 3), columns are the Gaussian's axes
     if mode == "polar":
         U = polar_rotation(J)

@@ -170,6 +170,13 @@ def track_dataset(profile: Profile | str | None = None, progress: bool = True) -
     from npga.headmodels.store import load_or_train, models_dir
 
     P = profile if isinstance(profile, Profile) else get_profile(profile)
+    if P.variant_key("head_model"):
+        # tracking files live in the dataset, shared by every head-model setting
+        raise ValueError(
+            f"track_dataset: this profile's head_model settings differ from profile {P.name!r}'s; "
+            f"its tracking would overwrite the codes in {P.data_root} that the book's chapters use. "
+            "Track with the profile's own head models, or point NPGA_DATA at a copy of the dataset."
+        )
     linear = load_or_train(P, "3dmm", progress)
     nphm = load_or_train(P, "nphm", progress)
     ds = open_dataset(ensure_dataset(P))

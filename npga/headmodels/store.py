@@ -34,7 +34,9 @@ MODEL_NAMES = ("3dmm", "nphm")
 
 
 def models_dir(profile: Profile) -> Path:
-    return profile.cache_root / "headmodels"
+    """The profile's head-model folder; a changed ``head_model`` section trains into a folder
+    of its own (``headmodels-<key>``, :meth:`npga.config.Profile.variant_key`)."""
+    return profile.cache_root / f"headmodels{profile.variant_key('head_model')}"
 
 
 def model_path(profile: Profile, model: str, exp_dims: int | None = None) -> Path:

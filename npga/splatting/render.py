@@ -1,13 +1,18 @@
-"""Differentiable Gaussian rasterization: one entry point, two backends.
+"""Differentiable Gaussian rasterization: one entry point, three backends.
 
 :func:`rasterize` takes the arguments of gsplat 1.5.3's ``gsplat.rasterization`` (the
 subset NPGA needs, non-packed mode) and returns the same outputs, so every caller in
 the book works unchanged on a laptop CPU and on a CUDA GPU:
 
-* ``backend="torch"`` -- :mod:`npga.splatting.render_torch`, pure PyTorch, any device. Same math
-  as gsplat (EWA projection, opacity-aware boxes, alpha >= 1/255, T > 1e-4 rules).
-* ``backend="gsplat"`` -- gsplat's fused CUDA kernels; CUDA tensors only.
-* ``backend="auto"`` -- gsplat for CUDA tensors when it imports, torch otherwise.
+* ``backend="torch"`` -- :mod:`npga.splatting.render_torch`, pure PyTorch, any device: the
+  readable reference. Same math as gsplat (EWA projection, opacity-aware boxes,
+  alpha >= 1/255, T > 1e-4 rules).
+* ``backend="numba"`` -- :mod:`npga.splatting.render_numba`: the same projection, compositing in
+  compiled tile kernels (3DGS's tiled rasterizer on the CPU); CPU tensors only,
+  float32/float64, deterministic for any thread count. Its kernels compile on first
+  use (seconds) and are cached on disk afterwards.
+* ``backend="auto"`` -- gsplat for CUDA tensors when it imports (torch otherwise);
+  numba for float32/float64 CPU tensors when numba imports (torch otherwise).
 
 gsplat is never touched for CPU tensors: on these machines a gsplat CUDA op called
 with CPU tensors starts a multi-minute JIT compile and then fails.
@@ -20,10 +25,11 @@ import math
 import torch
 from torch import Tensor
 
-from npga.splatting.render_torch import composite, project_gaussians
+from npga.splatting import render_torch
+from npga.splatting.render_torch import project_gaussians
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
-BACKENDS = ("auto", "torch", "gsplat")
+BACKENDS = ("auto", "torch", "numba", "gsplat")
 
 
 def rasterize(
@@ -64,8 +70,12 @@ def rasterize(
       ``width``, ``height``, ``n_cameras``, ``tile_size``, ``tile_width``,
       ``tile_height``, ``gaussian_ids``/``camera_ids`` (None: not packed).
 
-    ``tile_size`` only matters to the gsplat backend (and is reported in ``meta``).
-    Backgrounds receive gradients if they require them.
+    ``meta["backend"]`` names the backend that ran ("torch", "numba" or "gsplat"; see
+    the module docstring for what "auto" picks).
+
+    ``tile_size`` only matters to the gsplat backend (and is reported in ``meta``; the
+    numba backend always uses 16 x 16 tiles internally). Backgrounds receive gradients
+    if they require them.
     """
     C, N = _check_inputs(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
@@ -99,6 +109,7 @@ def rasterize(
         if backgrounds is not None:
             backgrounds = backgrounds.new_zeros(C, 1)
 
+    composite = render_torch.composite if chosen == "torch" else _numba_composite()
     render_colors, render_alphas = composite(
         means2d, proj.conics, colors, opac, proj.radii, proj.depths, width, height,
         backgrounds=backgrounds, absgrad=absgrad,
@@ -123,7 +134,7 @@ def rasterize(
         "tile_size": tile_size,
         "tile_width": math.ceil(width / tile_size),
         "tile_height": math.ceil(height / tile_size),
-        "backend": "torch",
+        "backend": chosen,
     }
     return render_colors, render_alphas, meta
 
@@ -176,13 +187,20 @@ def _check_inputs(
 def _choose_backend(backend: str, means: Tensor) -> str:
     if backend == "torch":
         return "torch"
+    if backend == "numba":
+        if means.device.type != "cpu":
+            raise ValueError(
+                f"rasterize: backend='numba' needs CPU tensors, got tensors on {means.device}; "
+                "use backend='gsplat' (or 'auto') for CUDA tensors"
+            )
+        return "numba"
     if backend == "gsplat":
         if means.device.type != "cuda":
             # Checked before gsplat is imported: a gsplat CUDA op on CPU tensors starts a
             # long JIT compile of its extension and then fails.
             raise ValueError(
                 f"rasterize: backend='gsplat' needs CUDA tensors, got tensors on {means.device}; "
-                "use backend='torch' (or 'auto') on the CPU"
+                "use backend='numba', 'torch' or 'auto' on the CPU"
             )
         return "gsplat"
     if means.device.type == "cuda":  # auto
@@ -191,7 +209,20 @@ def _choose_backend(backend: str, means: Tensor) -> str:
         except Exception:
             return "torch"
         return "gsplat"
-    return "torch"
+    if means.device.type == "cpu" and means.dtype in (torch.float32, torch.float64):
+        try:
+            import numba  # noqa: F401
+        except Exception:  # not installed, or broken against this numpy: the reference still works
+            return "torch"
+        return "numba"
+    return "torch"  # other devices (mps, meta, ...) and dtypes (float16, ...): the torch backend
+
+
+def _numba_composite():
+    """render_numba.composite, imported late: numba's import takes about a second."""
+    from npga.splatting.render_numba import composite
+
+    return composite
 
 
 def _sh_colors(coeffs: Tensor, means: Tensor, viewmats: Tensor, sh_degree: int, C: int) -> Tensor:

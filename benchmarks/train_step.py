@@ -1,0 +1,163 @@
+"""Cost of one avatar training step, old path against new, measured side by side.
+
+The step is the ablation's "full" variant (per-Gaussian features, Laplacian terms,
+NPGA's density control, screen-space CNN) of the chosen profile, on participant 0 with
+the tracked NPHM codes: exactly what ``benchmarks/ablation.py`` trains. Paths compared,
+each from the same initial avatar, hooks and seed, so every path does the same work:
+
+* ``before``  -- this repository before the fast CPU path: ``backend="torch"`` (the
+  pair-list rasterizer) and ``jacobian="fd"`` (the avatar's former default);
+* ``autograd`` -- ``backend="torch"`` with the autograd Jacobian (double backward);
+* ``after``   -- the defaults now: ``backend="auto"`` (numba on the CPU) and
+  ``jacobian="analytic"`` (F's Jacobian carried through its forward pass).
+
+The machine is shared and noisy, so the paths alternate: round r runs ``--steps`` steps
+of every path in turn (after ``--warmup`` steps each), and a path's time per step is the
+median over rounds. ``--profile-steps`` also records a torch-profiler table (top ops by
+self CPU time) of the ``before`` and ``after`` paths. Results:
+``benchmarks/results/train_step_{profile}.{json,md}``.
+
+    python benchmarks/train_step.py --compare --profile cpu
+    python benchmarks/train_step.py --compare --profile mini --rounds 2 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from npga.avatar.model import build_avatar  # noqa: E402
+from npga.avatar.train import TrainConfig, TrainData, prepare, train  # noqa: E402
+from npga.capture.dataset import open_dataset  # noqa: E402
+from npga.config import REPO_ROOT, get_profile  # noqa: E402
+from npga.experiments.ablation import VARIANTS, make_hooks  # noqa: E402
+from npga.io import atomic_write, machine_info, write_json  # noqa: E402
+
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+PATHS = {
+    "before": dict(backend="torch", jacobian="fd"),
+    "autograd": dict(backend="torch", jacobian="autograd"),
+    "after": dict(backend="auto", jacobian="analytic"),
+}
+
+
+def setup(profile_name: str, seed: int = 0):
+    """The full variant's avatar, training data and a function making fresh hooks."""
+    P = get_profile(profile_name)
+    head, prior = prepare(P, progress=False)
+    part = open_dataset(P.data_root).participant(0)
+    avatar = build_avatar(P, part, feature_dim=P.avatar.feature_dim, head=head, prior=prior, progress=False)
+    seqs = [s for s in part.sequences if s != P.data.heldout_sequence]
+    data = TrainData(part, seqs, codes="nphm", device=P.device)
+    return P, avatar, data
+
+
+def run_path(P, avatar0, data, path: dict, steps: int, seed: int = 0, profile: bool = False):
+    """Seconds per step of ``steps`` steps from a copy of the initial avatar (and the
+    profiler's table when asked)."""
+    avatar = copy.deepcopy(avatar0)
+    avatar.backend, avatar.jacobian = path["backend"], path["jacobian"]
+    hooks, _ = make_hooks(VARIANTS["full"], avatar, P, seed)
+    cfg = TrainConfig.from_profile(P, iterations=P.avatar.iterations, checkpoint_every=10**9)
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as tprofile
+
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+            res = train(avatar, data, cfg, hooks=hooks, stop_after=steps, progress=False)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        return res.wall_time / steps, table
+    res = train(avatar, data, cfg, hooks=hooks, stop_after=steps, progress=False)
+    return res.wall_time / steps, None
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--compare", action="store_true", help="time every path side by side (the benchmark)")
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--profile-steps", type=int, default=5, help="0: no torch-profiler tables")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
+    args = ap.parse_args(argv)
+    if not args.compare:
+        ap.error("nothing to do: pass --compare")
+    torch.set_num_threads(args.threads)
+    t_setup = time.perf_counter()
+    P, avatar0, data = setup(args.profile)
+    print(f"profile {P.name}: {avatar0.n_gaussians} Gaussians, {data.width} x {data.height}, "
+          f"{P.avatar.batch_cameras} cameras per step (setup {time.perf_counter() - t_setup:.1f} s)")
+    t0 = time.perf_counter()
+    for name in args.paths:  # warm-up: image cache, numba compile, allocator
+        run_path(P, avatar0, data, PATHS[name], args.warmup)
+    first_use = time.perf_counter() - t0
+    times: dict[str, list[float]] = {k: [] for k in args.paths}
+    for r in range(args.rounds):
+        for name in args.paths:
+            s, _ = run_path(P, avatar0, data, PATHS[name], args.steps)
+            times[name].append(s)
+            print(f"round {r}: {name:9s} {s:.3f} s/step")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tables = {}
+    if args.profile_steps:
+        for name in ("before", "after"):
+            if name in args.paths:
+                _, tables[name] = run_path(P, avatar0, data, PATHS[name], args.profile_steps, profile=True)
+    res = {
+        "benchmark": "one training step of the ablation's full variant, old path vs new, side by side",
+        "command": "python benchmarks/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_info(),
+        "profile": P.name,
+        "gaussians": avatar0.n_gaussians,
+        "image": [data.width, data.height],
+        "batch_cameras": P.avatar.batch_cameras,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "paths": {k: PATHS[k] for k in args.paths},
+        "seconds_per_step": {k: {"median": med[k], "all": times[k]} for k in args.paths},
+        "speedup_vs_before": {k: med["before"] / med[k] for k in args.paths} if "before" in med else {},
+        "warmup_seconds_all_paths": first_use,
+        "profiler_tables": tables,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / f"train_step_{P.name}.json", res)
+    lines = [
+        f"# One training step, old path vs new ({P.name} profile)",
+        "",
+        f"`{res['command']}` on {res['date']}; {res['machine'].get('cpu', '')} "
+        f"({res['machine'].get('cores', '?')} cores, shared); {args.threads} torch thread(s).",
+        f"Ablation's full variant: {avatar0.n_gaussians} Gaussians at start, {data.width} x {data.height}, "
+        f"{P.avatar.batch_cameras} cameras per step; median over {args.rounds} alternating rounds of "
+        f"{args.steps} steps.",
+        "",
+        "| path | rasterizer | F's Jacobian | s / step (median) | all rounds | speed-up vs before |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for k in args.paths:
+        sp = res["speedup_vs_before"].get(k)
+        sp_text = f"{sp:.2f}x" if sp else "n/a"
+        rounds = ", ".join(f"{x:.3f}" for x in times[k])
+        lines.append(f"| {k} | {PATHS[k]['backend']} | {PATHS[k]['jacobian']} | {med[k]:.3f} | {rounds} | {sp_text} |")
+    for name, table in tables.items():
+        lines += ["", f"## torch profiler, `{name}` ({args.profile_steps} steps, top ops by self CPU time)",
+                  "", "```", table, "```"]
+    with atomic_write(RESULTS / f"train_step_{P.name}.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines[:12 + len(args.paths)]))
+
+
+if __name__ == "__main__":
+    main()
