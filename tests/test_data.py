@@ -310,3 +310,18 @@ def test_one_camera_params_parser_asks_for_sizes_only_when_the_file_lacks_them(t
     bad.write_text("{not json")
     with pytest.raises(CalibrationError, match="bad.json: not valid JSON"):
         read_camera_params(bad, sizes)
+
+
+def test_frames_are_numbers_not_indices_on_subsampled_sequences(tmp_path):
+    """Real captures are often subsampled (frame_00000, frame_00003, ...): load_image takes
+    the frame *number*; an index that is not a frame number is refused, naming the range."""
+    root = make_fixture(tmp_path, frames=4, gt=False)
+    seq_dir = root / "000" / "sequences" / "SEQ"
+    for t, new in ((3, 9), (2, 6), (1, 3)):  # 0, 1, 2, 3 -> 0, 3, 6, 9
+        (seq_dir / f"frame_{t:05d}").rename(seq_dir / f"frame_{new:05d}")
+    seq = open_dataset(root).participant(0).sequence("SEQ")
+    assert list(seq.frames) == [0, 3, 6, 9]
+    by_number = seq.load_image(seq.frames[1], TRAIN)
+    assert by_number.shape == (H, W, 3)
+    with pytest.raises(DatasetError, match=r"no frame 1 \(frames 0\.\.9\)"):
+        seq.load_image(1, TRAIN)

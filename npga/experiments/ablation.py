@@ -58,12 +58,15 @@ VARIANTS: dict[str, dict] = {
     "full-3dmm": dict(features=True, laplacian=True, cnn=True, adc="npga", codes="3dmm"),
 }
 
-# NPGA's ablation as reported (self-reenactment PSNR on NeRSemble), quoted for the chapters.
-# Only the two numbers the issue quotes are filled in; the rest of the paper's ablation
-# table is not reproduced here.
+# NPGA's ablation as reported (self-reenactment PSNR on NeRSemble, three subjects), quoted for
+# the chapters. These three numbers come from secondary sources (the paper's table itself could
+# not be read offline); the main comparison table's 30.26 dB (NPGA vs prior work) is another
+# experiment and is not mixed in here.
 PAPER_QUOTED = {
-    "full": {"self_reenactment_psnr": 30.26, "source": "NPGA (arXiv 2405.19331), full model, as quoted in issue 8"},
-    "full-3dmm": {"self_reenactment_psnr": 28.82, "source": "NPGA (arXiv 2405.19331), driven by a linear 3DMM, as quoted in issue 8"},
+    "vanilla": {"self_reenactment_psnr": 30.16, "source": "NPGA (arXiv 2405.19331) ablation, vanilla"},
+    "full": {"self_reenactment_psnr": 30.65, "source": "NPGA (arXiv 2405.19331) ablation, full model"},
+    "full-3dmm": {"self_reenactment_psnr": 28.82,
+                  "source": "NPGA (arXiv 2405.19331) ablation, tracked with BFM (a linear 3DMM)"},
 }
 
 
@@ -493,7 +496,7 @@ CLAIMS = [
     ("full", "features+laplacian", "self_reenactment_psnr", +1, "the screen-space CNN improves self-reenactment"),
     ("full", "features+laplacian", "gap_psnr", -1, "the screen-space CNN shrinks the gap"),
     ("full", "full-3dgs-adc", "novel_view_psnr", +1, "NPGA's density control beats plain 3DGS densification"),
-    ("full", "full-3dmm", "self_reenactment_psnr", +1, "NPHM codes beat linear 3DMM codes (paper: 30.26 vs 28.82)"),
+    ("full", "full-3dmm", "self_reenactment_psnr", +1, "NPHM codes beat linear 3DMM codes (paper ablation: 30.65 vs 28.82)"),
 ]
 
 
