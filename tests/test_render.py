@@ -235,8 +235,9 @@ def test_gradients_match_brute_force_autograd():
     assert g2d.abs().sum() > 0 and not g2d[meta["radii"].eq(0).any(-1)].any()
 
 
-def test_clamped_alpha_passes_no_gradient():
-    """Where o * exp(-sigma) > 0.999 alpha is clamped and, as in gsplat, does not move."""
+def clamped_scene():
+    """Two Gaussians, the first so opaque at pixel (5, 4) that its alpha is clamped (0.999).
+    Returns (W, H, viewmats, Ks, [means, quats, scales, opacities, colors]), float64."""
     W, H = 11, 9
     viewmats = torch.eye(4, dtype=torch.float64)[None]
     Ks = torch.tensor([[[20.0, 0, 5.5], [0, 20.0, 4.5], [0, 0, 1]]], dtype=torch.float64)
@@ -245,6 +246,12 @@ def test_clamped_alpha_passes_no_gradient():
     scales = torch.full((2, 3), 0.1, dtype=torch.float64)
     opacities = torch.tensor([1.0, 0.7], dtype=torch.float64)
     colors = torch.tensor([[0.2, 0.9, 0.4], [0.8, 0.1, 0.5]], dtype=torch.float64)
+    return W, H, viewmats, Ks, [means, quats, scales, opacities, colors]
+
+
+def test_clamped_alpha_passes_no_gradient():
+    """Where o * exp(-sigma) > 0.999 alpha is clamped and, as in gsplat, does not move."""
+    W, H, viewmats, Ks, (means, quats, scales, opacities, colors) = clamped_scene()
     leaves = [t.clone().requires_grad_(True) for t in (means, quats, scales, opacities, colors)]
     w = torch.randn(1, H, W, 3, dtype=torch.float64)
     img, _, _ = rasterize(*leaves, viewmats, Ks, W, H)

@@ -333,16 +333,11 @@ def test_torch_thread_count_survives_numba(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_clamped_alpha_passes_no_gradient(dtype):
     """Where o exp(-sigma) > 0.999 alpha is clamped and, as in gsplat, does not move."""
-    W, H = 11, 9
-    viewmats = torch.eye(4, dtype=torch.float64)[None]
-    Ks = torch.tensor([[[20.0, 0, 5.5], [0, 20.0, 4.5], [0, 0, 1]]], dtype=torch.float64)
-    means = torch.tensor([[0.0, 0.0, 1.0], [0.05, 0.02, 1.2]], dtype=torch.float64)  # 1st on pixel (5, 4)
-    quats = torch.tensor([[1.0, 0, 0, 0], [0.8, 0.1, 0.3, 0]], dtype=torch.float64)
-    scales = torch.full((2, 3), 0.1, dtype=torch.float64)
-    opacities = torch.tensor([1.0, 0.7], dtype=torch.float64)
-    colors = torch.tensor([[0.2, 0.9, 0.4], [0.8, 0.1, 0.5]], dtype=torch.float64)
+    from test_render import clamped_scene
+
+    W, H, viewmats, Ks, tensors = clamped_scene()
     tol = 1e-5 if dtype == torch.float64 else 1e-4
-    _compare_with_brute_force([means, quats, scales, opacities, colors], viewmats, Ks, W, H, None, dtype, tol)
+    _compare_with_brute_force(tensors, viewmats, Ks, W, H, None, dtype, tol)
 
 
 @pytest.mark.parametrize("dtype,eps", [(np.float32, 2.0**-23), (np.float64, 2.0**-52)])
