@@ -20,6 +20,7 @@ from npga.capture.synthetic import (
     render_mesh,
     sample_expression,
     sample_identity,
+    head_pose,
     sequence_trajectory,
 )
 from npga.capture.synthetic.meshrender import interpolate, resolve
@@ -403,3 +404,30 @@ def test_unknown_sequence_raises():
         sequence_trajectory("EXP-99", 10)
     with pytest.raises(ValueError, match="n_frames"):
         sequence_trajectory("FREE", 0)
+
+
+def test_head_pose_is_the_rigid_motion_of_everything_above_the_neck(head24):
+    """Ground-truth head pose (issue 13): x_world = R x_head + t for every vertex that does
+    not blend with the neck, where x_head is the same expression with no head rotation; the
+    pose is a proper rotation and the identity without head rotation."""
+    z = _z(jaw_open=0.6, smile=0.4)
+    u = np.zeros(U)
+    for k, v in (("head_yaw", 0.8), ("head_pitch", -0.5), ("head_roll", 0.3), ("gaze_yaw", 0.2)):
+        u[UNTRACKED_NAMES.index(k)] = v
+    u_still = u.copy()
+    for k in ("head_yaw", "head_pitch", "head_roll"):
+        u_still[UNTRACKED_NAMES.index(k)] = 0.0
+    R, t = head_pose(u)
+    assert R.shape == (3, 3) and t.shape == (3,)
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+    assert abs(np.linalg.det(R) - 1.0) < 1e-12
+    angle = np.degrees(np.arccos((np.trace(R) - 1) / 2))
+    assert angle > 10  # a real rotation, not a no-op
+    posed, still = head24.vertices(z, u), head24.vertices(z, u_still)
+    rigid = np.linalg.norm(still @ R.T + t - posed, axis=1) < 1e-9
+    p = head24.part_of_vertex
+    assert rigid[p == PART_NAMES.index("hair")].all() and rigid[p == PART_NAMES.index("eye_l")].all()
+    assert 0.5 < rigid.mean() < 1.0  # most of the head is rigid; the neck blends
+    R0, t0 = head_pose(np.zeros(U))
+    np.testing.assert_allclose(R0, np.eye(3), atol=1e-15)
+    np.testing.assert_allclose(t0, 0.0, atol=1e-15)

@@ -10,7 +10,7 @@ import pytest
 
 from npga.capture.cameras import Camera
 from npga.capture.dataset import DatasetError, open_dataset
-from npga.capture.synthetic import writer
+from npga.capture.synthetic import head_pose, writer
 from npga.capture.synthetic.writer import (
     dataset_spec,
     dataset_status,
@@ -91,6 +91,14 @@ def test_layout_loads_and_validates(written):
     # GT meshes regenerate exactly from identity.json + codes
     np.testing.assert_allclose(p.synth_head().vertices(gt.z_exp[1], gt.untracked[1]), gt.vertices[1], atol=1e-6)
     assert seq.ground_truth_faces().max() < gt.vertices.shape[1]
+    # the per-frame rigid head pose is stored apart from z_exp, and is that of the frame's code
+    T = len(seq.frames)
+    assert gt.head_rotation.shape == (T, 3, 3) and gt.head_translation.shape == (T, 3)
+    for k in range(T):
+        R, tr = head_pose(gt.untracked[k])
+        np.testing.assert_allclose(gt.head_rotation[k], R, atol=1e-12)
+        np.testing.assert_allclose(gt.head_translation[k], tr, atol=1e-12)
+    assert np.abs(gt.head_rotation - np.eye(3)).max() > 0.01  # FREE turns the head
 
     scans = ds.scans()
     S, X = P.data.scan_identities, P.data.scan_expressions

@@ -184,6 +184,8 @@ class GroundTruth:
     expression_names: tuple[str, ...]
     untracked_names: tuple[str, ...]
     vertices: np.ndarray | None  # (T, V, 3) float32, or None when not stored
+    head_rotation: np.ndarray | None = None  # (T, 3, 3) head space -> world, or None (older data)
+    head_translation: np.ndarray | None = None  # (T, 3) metres
 
 
 @dataclass(frozen=True)
@@ -401,6 +403,8 @@ class Sequence:
             expression_names=tuple(str(s) for s in z.get("expression_names", ())),
             untracked_names=tuple(str(s) for s in z.get("untracked_names", ())),
             vertices=z["vertices"] if "vertices" in z else None,
+            head_rotation=z["head_rotation"] if "head_rotation" in z else None,
+            head_translation=z["head_translation"] if "head_translation" in z else None,
         )
 
     def ground_truth_vertices(self, frame_index: int) -> np.ndarray:

@@ -169,6 +169,27 @@ def _blend_rigid(p: np.ndarray, w: np.ndarray, R: np.ndarray, pivot: np.ndarray,
     return p + w[:, None] * (moved - p)
 
 
+def _head_rotation(u: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation of the head about the neck pivot for untracked code ``u``."""
+    return (
+        _look_rotation(u[_U["head_yaw"]] * HEAD_YAW_MAX, u[_U["head_pitch"]] * HEAD_PITCH_MAX)
+        @ _rot_z(u[_U["head_roll"]] * HEAD_ROLL_MAX)
+    )
+
+
+def head_pose(untracked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The rigid head pose of an untracked code: ``(R (3, 3), t (3,))``, head space to world.
+
+    Every vertex above the neck moves as ``x_world = R x_head + t`` (a rotation about the
+    neck pivot: t = pivot - R pivot), where ``x_head`` is the same vertex with the head
+    rotation set to zero; the neck blends between this pose and the torso (it is outside
+    the head model, as in NPGA). This is the per-frame head pose a tracker must estimate.
+    """
+    u = _check_code(untracked, UNTRACKED_NAMES, "untracked")
+    R = _head_rotation(u)
+    return R, NECK_PIVOT - R @ NECK_PIVOT
+
+
 def _wrap(phi):
     return (phi + np.pi) % (2.0 * np.pi) - np.pi
 
@@ -1114,10 +1135,7 @@ class SynthHead:
             glide = JAW_GLIDE * float(_smoothstep(0.3, 1.0, z[_E["jaw_open"]]))
             V = _blend_rigid(V, w_jaw, Rj, JAW_PIVOT, glide)
         if u[_U["head_yaw"]] or u[_U["head_pitch"]] or u[_U["head_roll"]]:
-            Rh = (
-                _look_rotation(u[_U["head_yaw"]] * HEAD_YAW_MAX, u[_U["head_pitch"]] * HEAD_PITCH_MAX)
-                @ _rot_z(u[_U["head_roll"]] * HEAD_ROLL_MAX)
-            )
+            Rh = _head_rotation(u)
             w_head = np.ones(len(V))
             w_head[sl["skin"]] = self._w_head_skin
             V = _blend_rigid(V, w_head, Rh, NECK_PIVOT)
@@ -1274,6 +1292,7 @@ __all__ = [
     "EXPRESSION_RANGES",
     "PART_NAMES",
     "UNTRACKED_NAMES",
+    "head_pose",
     "UNTRACKED_RANGES",
     "Identity",
     "SynthHead",

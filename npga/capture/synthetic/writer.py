@@ -259,6 +259,7 @@ def write_dataset(
         EXPRESSION_NAMES,
         PART_NAMES,
         UNTRACKED_NAMES,
+        head_pose,
         sequence_trajectory,
     )
 
@@ -339,6 +340,10 @@ def write_dataset(
             untracked_names=np.array(UNTRACKED_NAMES),
             fps=np.float32(d.fps),
         )
+        # the rigid head pose of every frame, head space to world (what tracking estimates)
+        poses = [head_pose(u[t]) for t in range(T)]
+        arrays["head_rotation"] = np.stack([R for R, _ in poses]).astype(np.float64)  # (T, 3, 3)
+        arrays["head_translation"] = np.stack([tr for _, tr in poses]).astype(np.float64)  # (T, 3)
         if keep:
             arrays["vertices"] = np.stack([vertices[pid, name][t] for t in range(T)])
         save_npz(root / f"{pid:03d}" / "sequences" / name / "ground_truth.npz", **arrays)
