@@ -89,6 +89,7 @@ class HeadModelConfig:
     fit_iterations: int = 150  # Adam steps when fitting NPHM codes to points
     eval_scans: int = 6  # held-out scans evaluated per split (chapter 3 numbers)
     track_points: int = 1500  # at most this many COLMAP points per frame are used
+    pose_cut: float = -0.13  # metres (y, head space); the head pose is fitted to points above (the neck bends)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ class AvatarConfig:
     init_opacity: float = 0.3  # opacity of the canonical Gaussians at initialisation
     transport: str = "exact"  # how F's Jacobian moves shapes: "exact" | "polar" (npga.deformation)
     jacobian: str = "analytic"  # F's Jacobian: "analytic" (forward mode, one pass) | "fd" | "autograd"
+    head_pose: bool = True  # pose the head-space avatar by the tracked rigid head pose (False: ablation)
+    dynamic_appearance: bool = False  # G also predicts colour and opacity offsets (chapter 5's experiment)
     eval_every: int = 0  # trainer: held-out evaluation every this many steps (0: only at the end)
     checkpoint_every: int = 100  # trainer: write a checkpoint every this many steps
     # Laplacian terms on the k-NN graph of canonical Gaussians (npga.avatar.regularizers, chapter 6)

@@ -28,3 +28,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def head24():
+    """A small SynthHead (identity 1, mesh resolution 24), shared by the SynthHead tests."""
+    from npga.capture.synthetic import SynthHead, sample_identity
+
+    return SynthHead(sample_identity(1), 24)

@@ -135,7 +135,6 @@ def test_hooks_train_on_a_tiny_capture(tmp_path):
     from npga.capture.synthetic.writer import write_dataset
     from npga.config import get_profile, with_overrides
     from npga.deformation import ForwardField
-    from npga.io import save_npz
 
     seqs = ("EXP-8-jaw-1", "FREE")
     P = with_overrides(get_profile("mini"), data={
@@ -146,7 +145,8 @@ def test_hooks_train_on_a_tiny_capture(tmp_path):
     root = write_dataset(P, tmp_path / "ds", progress=False, workers=1)
     part = open_dataset(root).participant(0)
     seq = part.sequence(seqs[0])
-    save_npz(seq.path / "tracking" / "nphm.npz", z_exp=seq.ground_truth().z_exp, z_id=np.zeros(3, np.float32))
+    seq.write_tracking("nphm", seq.ground_truth().z_exp, np.zeros(3), seq.ground_truth().head_rotation,
+                           seq.ground_truth().head_translation)
     verts = seq.ground_truth_vertices(0)
     pts = verts[np.random.default_rng(0).choice(len(verts), 600, replace=False)]
     z = torch.from_numpy(seq.codes("nphm").z_exp)

@@ -29,8 +29,8 @@ def _prior(seed=0, nonzero=True):
     return F
 
 
-def _avatar(feature_dim=4, detail=True, seed=0):
-    P = with_overrides(get_profile("mini"), avatar={"n_gaussians": 200, "detail_hidden": 16})
+def _avatar(feature_dim=4, detail=True, seed=0, **avatar):
+    P = with_overrides(get_profile("mini"), avatar={"n_gaussians": 200, "detail_hidden": 16, **avatar})
     codes = torch.randn(6, E)
     return create_avatar(_ellipsoid(200, seed), _prior(seed), P.avatar, exp_codes=codes,
                          z_id=torch.randn(I), feature_dim=feature_dim, detail=detail, seed=seed,
@@ -126,3 +126,78 @@ def test_module_to_moves_the_gaussians_too():
     av = _avatar(feature_dim=2).to(torch.float64)
     assert all(v.dtype == torch.float64 and isinstance(v, torch.nn.Parameter) for v in av.gaussians.values())
     assert av.prior.out.weight.dtype == torch.float64 and av.detail.out.weight.dtype == torch.float64
+
+
+# --------------------------------------------------------------------------- head pose and appearance
+
+
+def _pose(yaw=0.3, pitch=-0.15, t=(0.01, -0.02, 0.015)):
+    from npga.headmodels.pose import rot_x, rot_y
+
+    return torch.tensor(rot_y(yaw) @ rot_x(pitch), dtype=torch.float32), torch.tensor(t, dtype=torch.float32)
+
+
+def test_posing_the_avatar_equals_moving_the_cameras_by_the_inverse():
+    """render(pose=(R, t)) == render with every world_2_cam composed with [R t; 0 1], to 1e-5."""
+    av = _avatar(feature_dim=2)
+    _nudge_detail(av)
+    av.gaussians["shN"].data.normal_(std=0.3)  # view-dependent colour: SH directions must be in head space
+    R, t = _pose()
+    vm, K = _cams(3)
+    z = torch.randn(E)
+    posed = av.render(z, vm, K, W, H, pose=(R, t))
+    M = torch.eye(4)
+    M[:3, :3], M[:3, 3] = R, t
+    moved = av.render(z, vm @ M, K, W, H)
+    assert posed.alphas.max() > 0.1
+    torch.testing.assert_close(posed.colors, moved.colors, atol=1e-5, rtol=0)
+    torch.testing.assert_close(posed.alphas, moved.alphas, atol=1e-5, rtol=0)
+    # the pose really moves the image, and use_pose=False ignores it (the "no pose" ablation)
+    assert (posed.colors - av.render(z, vm, K, W, H).colors).abs().max() > 0.05
+    av.use_pose = False
+    torch.testing.assert_close(av.render(z, vm, K, W, H, pose=(R, t)).colors, av.render(z, vm, K, W, H).colors)
+
+
+def test_dynamic_appearance_starts_as_todays_renderer_and_learns():
+    static = _avatar(feature_dim=3, dynamic_appearance=False)
+    dyn = _avatar(feature_dim=3, dynamic_appearance=True)
+    assert dyn.detail.appearance and dyn.detail.out.out_features == 14 and static.detail.out.out_features == 10
+    with torch.no_grad():  # the same geometry weights in both: only the appearance head differs
+        for a, b in zip(static.detail.mlp.parameters(), dyn.detail.mlp.parameters()):
+            b.copy_(a)
+    vm, K = _cams()
+    z = torch.randn(E)
+    R, t = _pose()
+    a = static.render(z, vm, K, W, H, pose=(R, t))
+    b = dyn.render(z, vm, K, W, H, pose=(R, t))
+    torch.testing.assert_close(a.colors, b.colors, atol=0, rtol=0)  # zero appearance output = no appearance
+    # gradients reach every new output of G: the colour and opacity rows of its last layer
+    (b.colors * torch.rand_like(b.colors)).sum().backward()
+    g = dyn.detail.out.bias.grad
+    assert g is not None and (g[10:13].abs() > 0).all(), "colour offsets get no gradient"
+    assert g[13].abs() > 0, "opacity offset gets no gradient"
+    # with nonzero outputs the appearance changes with the expression
+    with torch.no_grad():
+        dyn.detail.out.weight[10:].normal_(std=0.5)
+        c1 = dyn.render(torch.zeros(E), vm, K, W, H).colors
+        c2 = dyn.render(torch.ones(E), vm, K, W, H).colors
+        geo = dyn.deform(torch.zeros(E))
+    assert (c1 - c2).abs().max() > 1e-3
+    assert set(geo) == {"means", "quats", "scales", "colors", "opacities"}
+
+
+def test_old_avatar_states_load_without_pose_and_ply_takes_the_pose(tmp_path):
+    av = _avatar(feature_dim=2, dynamic_appearance=True)
+    state = av.state()
+    assert state["options"]["use_pose"] is True
+    del state["options"]["use_pose"]  # a state saved before the head pose existed
+    assert NPGAvatar.from_state(state).use_pose is False
+    R, t = _pose()
+    z = torch.randn(E)
+    with torch.no_grad():
+        av.detail.out.weight[10:].normal_(std=0.5)
+    posed = av.posed_gaussians(z, (R, t))
+    head = av.deform(z)
+    torch.testing.assert_close(posed["means"].data, head["means"] @ R.T + t)
+    # G's opacity offset is baked into the exported logits
+    torch.testing.assert_close(posed["opacities"].data, (av.gaussians["opacities"] + head["opacities"]).detach())

@@ -140,19 +140,50 @@ def test_torch_dataset_shapes_and_code_sources(tmp_path):
     with pytest.raises(DatasetError, match=r"tracking/nphm\.npz"):
         FrameCameraDataset(p, "SEQ", codes="nphm")
     z = np.arange(T * 4, dtype=np.float32).reshape(T, 4)
-    save_npz(seq.path / "tracking" / "nphm.npz", z_exp=z, z_id=np.zeros(3, np.float32))
+    R = np.stack([np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]) for a in range(T)])
+    tr = np.arange(T * 3, dtype=np.float64).reshape(T, 3) * 1e-3
+    seq.write_tracking("nphm", z, np.zeros(3), R, tr)
     tracked = FrameCameraDataset(p, "SEQ", codes="nphm")
     np.testing.assert_array_equal(tracked[2]["z_exp"].numpy(), z[2])
+    np.testing.assert_allclose(tracked[2]["rotation"].numpy(), R[2], atol=1e-6)
+    np.testing.assert_allclose(tracked[2]["translation"].numpy(), tr[2], atol=1e-7)
     assert seq.tracking_models() == ["nphm"]
     assert seq.codes("nphm").z_id.shape == (3,)
+    assert seq.codes("nphm").pose(1)[0].shape == (3, 3)
 
 
 def test_tracked_codes_wrong_length(tmp_path):
     root = make_fixture(tmp_path)
     seq = open_dataset(root).participant(0).sequence("SEQ")
-    save_npz(seq.path / "tracking" / "lin.npz", z_exp=np.zeros((T + 1, 4)), z_id=np.zeros(3))
+    eye = np.tile(np.eye(3), (T, 1, 1))
+    save_npz(seq.path / "tracking" / "lin.npz", z_exp=np.zeros((T + 1, 4)), z_id=np.zeros(3), rotation=eye,
+             translation=np.zeros((T, 3)))
     with pytest.raises(DatasetError, match=r"lin\.npz.*shape"):
         seq.codes("lin")
+
+
+def test_tracking_files_without_or_with_a_bad_pose_are_refused(tmp_path):
+    root = make_fixture(tmp_path)
+    seq = open_dataset(root).participant(0).sequence("SEQ")
+    folder = seq.path / "tracking"
+    z = np.zeros((T, 4), np.float32)
+    # written before the pose was tracked: refused, naming the file
+    save_npz(folder / "old.npz", z_exp=z, z_id=np.zeros(3, np.float32))
+    with pytest.raises(DatasetError, match=r"old\.npz: tracked codes without a head pose"):
+        seq.codes("old")
+    eye = np.tile(np.eye(3), (T, 1, 1))
+    save_npz(folder / "shape.npz", z_exp=z, z_id=np.zeros(3), rotation=eye[:, :2], translation=np.zeros((T, 3)))
+    with pytest.raises(DatasetError, match=r"shape\.npz: rotation has shape"):
+        seq.codes("shape")
+    bad = eye.copy()
+    bad[T - 1] = [[1, 0.2, 0], [0, 1, 0], [0, 0, 1]]
+    save_npz(folder / "skew.npz", z_exp=z, z_id=np.zeros(3), rotation=bad, translation=np.zeros((T, 3)))
+    with pytest.raises(DatasetError, match=rf"skew\.npz: rotation of frame index {T - 1} is not a rotation"):
+        seq.codes("skew")
+    # the writer refuses the same, and writes nothing
+    with pytest.raises(ValueError, match="frame index"):
+        seq.write_tracking("new", z, np.zeros(3), bad, np.zeros((T, 3)))
+    assert not (folder / "new.npz").exists()
 
 
 # ---------------------------------------------------------------------------- errors

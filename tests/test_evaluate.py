@@ -19,14 +19,14 @@ def setup(tmp_path_factory):
 
     from npga.capture.dataset import open_dataset
     from npga.capture.synthetic.writer import write_dataset
-    from npga.io import save_npz
 
     P = tiny_profile()
     root = write_dataset(P, tmp_path_factory.mktemp("eval") / "ds", progress=False, workers=1)
     part = open_dataset(root).participant(0)
     for name in SEQS:
         seq = part.sequence(name)
-        save_npz(seq.path / "tracking" / "nphm.npz", z_exp=seq.ground_truth().z_exp, z_id=np.zeros(3, np.float32))
+        seq.write_tracking("nphm", seq.ground_truth().z_exp, np.zeros(3), seq.ground_truth().head_rotation,
+                           seq.ground_truth().head_translation)
     return P, part, make_avatar(P, part, 300)
 
 

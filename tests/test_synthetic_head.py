@@ -35,9 +35,6 @@ def _z(**kw) -> np.ndarray:
     return z
 
 
-@pytest.fixture(scope="module")
-def head24() -> SynthHead:
-    return SynthHead(sample_identity(1), 24)
 
 
 # ----------------------------------------------------------------------------- identity / codes

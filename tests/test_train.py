@@ -23,7 +23,6 @@ from npga.avatar.train import (
 from npga.capture.dataset import open_dataset
 from npga.config import get_profile, with_overrides
 from npga.deformation import ForwardField
-from npga.io import save_npz
 
 SEQS = ("EXP-8-jaw-1", "FREE")
 
@@ -47,8 +46,8 @@ def capture(tmp_path_factory):
     part = open_dataset(root).participant(0)
     for name in SEQS:  # test fallback: ground-truth codes stand in for tracked ones
         seq = part.sequence(name)
-        save_npz(seq.path / "tracking" / "nphm.npz", z_exp=seq.ground_truth().z_exp,
-                 z_id=np.zeros(3, np.float32))
+        seq.write_tracking("nphm", seq.ground_truth().z_exp, np.zeros(3), seq.ground_truth().head_rotation,
+                           seq.ground_truth().head_translation)
     return P, part
 
 

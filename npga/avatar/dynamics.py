@@ -10,9 +10,16 @@ dynamics module D = F + G:
   the inside of the mouth, eyelid folds, hair that moves with the face.
 
 G's output per Gaussian is an offset of its position (metres), of its (unnormalised)
-rotation quaternion and of its log-scales. **Colour and opacity get no offsets** in
-this book: view- and expression-dependent appearance is left to the SH colours and,
-in a later chapter, to the screen-space CNN that reads the rasterized features.
+rotation quaternion and of its log-scales, and -- with ``appearance=True``
+(``AvatarConfig.dynamic_appearance``) -- of its colour (RGB, added to the SH colour) and
+of its opacity logit. Why appearance: much of what an expression changes on a face is
+not geometry but shading -- a wrinkle is a dark line and a bump in the normal, far finer
+than the Gaussians that would have to fold to cast it. Geometry offsets alone cannot
+draw it, and the static SH colours and per-Gaussian features cannot change with the
+expression. Gaussian Head Avatar (Xu et al. 2024) conditions colour and opacity on the
+expression in exactly this way; NPGA says its per-Gaussian features govern each
+primitive's *dynamic behaviour* without listing the outputs, so this is our reading,
+switchable for the experiment that tests it (chapter 5).
 
 Per-Gaussian features f_i
 -------------------------
@@ -45,9 +52,13 @@ class DetailNetwork(nn.Module):
 
     ``exp_dims``: size of z_exp; ``feature_dim``: size of the per-Gaussian features (0:
     vanilla); ``hidden``/``layers``: the MLP; ``n_freqs``: octaves of the positional
-    encoding; ``center``/``scale``: normalisation of x_c. The last layer starts at zero,
-    so D = F at initialisation and G only learns what F misses.
+    encoding; ``center``/``scale``: normalisation of x_c; ``appearance``: also predict
+    colour and opacity offsets (:meth:`outputs`). The last layer starts at zero, so D = F
+    and the appearance is the static one at initialisation: G only learns what F misses.
     """
+
+    N_GEOMETRY = 10  # 3 position + 4 quaternion + 3 log-scale
+    N_APPEARANCE = 4  # 3 colour + 1 opacity logit
 
     def __init__(
         self,
@@ -58,6 +69,7 @@ class DetailNetwork(nn.Module):
         n_freqs: int = 4,
         center: tuple[float, float, float] = (0.0, 0.0, 0.0),
         scale: float = 0.1,
+        appearance: bool = False,
     ) -> None:
         super().__init__()
         if layers < 1:
@@ -65,7 +77,9 @@ class DetailNetwork(nn.Module):
         self.hparams: dict[str, Any] = dict(
             exp_dims=exp_dims, feature_dim=feature_dim, hidden=hidden, layers=layers,
             n_freqs=n_freqs, center=tuple(float(c) for c in center), scale=float(scale),
+            appearance=bool(appearance),
         )
+        self.appearance = bool(appearance)
         self.exp_dims, self.feature_dim, self.n_freqs = exp_dims, feature_dim, n_freqs
         self.scale = float(scale)
         d_in = 3 + 6 * n_freqs + feature_dim + exp_dims
@@ -73,7 +87,7 @@ class DetailNetwork(nn.Module):
         for i in range(layers):
             mods += [nn.Linear(d_in if i == 0 else hidden, hidden), nn.SiLU()]
         self.mlp = nn.Sequential(*mods)
-        self.out = nn.Linear(hidden, 10)  # 3 position + 4 quaternion + 3 log-scale
+        self.out = nn.Linear(hidden, self.N_GEOMETRY + (self.N_APPEARANCE if appearance else 0))
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.register_buffer("center", torch.tensor(center, dtype=torch.float32))
@@ -101,6 +115,13 @@ class DetailNetwork(nn.Module):
     def forward(
         self, x_c: Tensor, features: Tensor | None, z_exp: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
+        """The geometry offsets (d_means, d_quats, d_log_scales)."""
+        o = self.outputs(x_c, features, z_exp)
+        return o["means"], o["quats"], o["scales"]
+
+    def outputs(self, x_c: Tensor, features: Tensor | None, z_exp: Tensor) -> dict[str, Tensor]:
+        """Every offset: ``means`` (N, 3) m, ``quats`` (N, 4), ``scales`` (N, 3) log, and with
+        ``appearance`` also ``colors`` (N, 3) RGB and ``opacities`` (N,) logit."""
         n = x_c.shape[0]
         if z_exp.shape[-1] != self.exp_dims:
             raise ValueError(f"z_exp must have {self.exp_dims} entries, got shape {tuple(z_exp.shape)}")
@@ -112,9 +133,13 @@ class DetailNetwork(nn.Module):
                 raise ValueError(f"features must have shape ({n}, {self.feature_dim}), got {got}")
             parts.append(features)
         parts.append(z)
-        out = self.out(self.mlp(torch.cat(parts, dim=-1)))  # (N, 10)
+        out = self.out(self.mlp(torch.cat(parts, dim=-1)))  # (N, 10 or 14)
         # Position offsets in metres: the network works in units of the head size.
-        return out[:, :3] * self.scale, out[:, 3:7], out[:, 7:10]
+        res = {"means": out[:, :3] * self.scale, "quats": out[:, 3:7], "scales": out[:, 7:10]}
+        if self.appearance:
+            res["colors"] = out[:, 10:13]
+            res["opacities"] = out[:, 13]
+        return res
 
     def to_state(self) -> dict[str, Any]:
         return {"hparams": dict(self.hparams), "state_dict": self.state_dict()}

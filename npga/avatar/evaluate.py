@@ -10,6 +10,11 @@
 Metrics are PSNR and SSIM (and LPIPS when its weights are on disk, else None) computed
 on the head region: the ground-truth alpha map > 0.5 is the mask
 (:mod:`npga.metrics` masked variants); full-image scores are reported beside them.
+On SynthHead two more regions come from the ground truth
+(:meth:`npga.capture.synthetic.SynthHead.render_regions`): the **face** (the head
+without the neck, as NPGA evaluates) and the **wrinkles** (pixels where the frame's
+expression wrinkles darken the skin). Wrinkle PSNR pools the squared error of all
+wrinkle pixels of the split (a frame may have none).
 """
 
 from __future__ import annotations
@@ -31,42 +36,87 @@ def render_split(
     *,
     codes: str = "nphm",
     max_frames: int | None = None,
+    pose: str | None = None,
 ) -> dict:
     """Render every (frame, camera) of ``sequences`` x ``serials`` next to its ground truth.
 
+    ``codes``/``pose``: what drives the avatar (:meth:`npga.capture.dataset.Sequence.drive`).
+
     Returns numpy arrays ``renders``/``images`` (B, H, W, 3), ``alphas`` (B, H, W), and
-    ``keys``: (sequence, frame, serial) per image. ``max_frames`` evenly subsamples frames.
+    ``keys``: (sequence, frame, serial) per image; on synthetic data also ``face`` and
+    ``wrinkle`` (B, H, W) region masks (covered fractions). ``max_frames`` evenly
+    subsamples frames.
     """
     renders, images, alphas, keys = [], [], [], []
+    regions: dict[str, list] | None = {"face": [], "wrinkle": []} if _has_ground_truth(participant) else None
     device = avatar.gaussians["means"].device
     for name in sequences:
         seq = participant.sequence(name)
-        z = seq.ground_truth().z_exp if codes == "gt" else seq.codes(codes).z_exp
+        drive = seq.drive(codes, pose)
         cams = seq.cameras(list(serials))
         vm, K = stack_cameras(cams, device=device)
         idx = np.arange(len(seq.frames))
         if max_frames is not None and len(idx) > max_frames:
             idx = np.unique(np.linspace(0, len(idx) - 1, max_frames).round().astype(int))
         for fi in idx:
-            out = avatar.render(torch.from_numpy(z[fi]).to(device), vm, K, cams[0].width, cams[0].height)
+            out = avatar.render(torch.from_numpy(drive.z_exp[fi]).to(device), vm, K, cams[0].width, cams[0].height,
+                                pose=_pose(drive, fi, device))
             renders.append(out.colors.clamp(0, 1).cpu().numpy())
+            if regions is not None:
+                gt = seq.ground_truth()
+                reg = participant.synth_head().render_regions(cams, gt.z_exp[fi], gt.untracked[fi])
+                for k in regions:
+                    regions[k].append(reg[k])
             for c in cams:
                 images.append(seq.load_image(seq.frames[fi], c.serial))
                 alphas.append(seq.load_alpha(seq.frames[fi], c.serial))
                 keys.append((name, int(seq.frames[fi]), c.serial))
-    return {
+    out = {
         "renders": np.concatenate(renders),
         "images": np.stack(images),
         "alphas": np.stack(alphas),
         "keys": keys,
     }
+    if regions is not None:
+        out.update({k: np.concatenate(v) for k, v in regions.items()})
+    return out
 
 
-def score(renders: np.ndarray, images: np.ndarray, alphas: np.ndarray) -> dict:
-    """Masked (head region: alpha > 0.5) and full-image PSNR / SSIM, LPIPS or None."""
+def _has_ground_truth(participant) -> bool:
+    """Synthetic data (a SynthHead behind the participant)?"""
+    try:
+        participant.synth_head()
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def pooled_psnr(renders: np.ndarray, images: np.ndarray, mask: np.ndarray) -> float | None:
+    """PSNR of the squared error pooled over every masked pixel of every image (None if none)."""
+    w = (np.asarray(mask) > 0.5)
+    if not w.any():
+        return None
+    se = np.square(np.asarray(renders, np.float64) - np.asarray(images, np.float64))[w]
+    return float(10.0 * np.log10(1.0 / se.mean()))
+
+
+def _pose(drive, i: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame i's tracked head pose as float32 tensors on ``device``."""
+    return (torch.tensor(drive.rotation[i], dtype=torch.float32, device=device),
+            torch.tensor(drive.translation[i], dtype=torch.float32, device=device))
+
+
+def score(renders: np.ndarray, images: np.ndarray, alphas: np.ndarray,
+          face: np.ndarray | None = None, wrinkle: np.ndarray | None = None) -> dict:
+    """Masked (head region: alpha > 0.5) and full-image PSNR / SSIM, LPIPS or None.
+
+    With the SynthHead region masks also ``psnr_face``/``ssim_face`` (face region > 0.5)
+    and ``psnr_wrinkle`` (:func:`pooled_psnr`; None when no wrinkle shows) with
+    ``wrinkle_pixels``.
+    """
     mask = (alphas > 0.5).astype(np.float32)
     r, g = torch.from_numpy(renders), torch.from_numpy(images)
-    return {
+    out = {
         "psnr": psnr(r, g, mask),
         "ssim": ssim(r, g, mask),
         "psnr_full": psnr(r, g),
@@ -74,17 +124,27 @@ def score(renders: np.ndarray, images: np.ndarray, alphas: np.ndarray) -> dict:
         "lpips": lpips(r, g),
         "n_images": int(len(renders)),
     }
+    if face is not None:
+        fm = (face > 0.5).astype(np.float32)
+        keep = fm.reshape(len(fm), -1).any(1)  # a camera that sees no face does not count
+        out["psnr_face"] = psnr(r[keep], g[keep], fm[keep]) if keep.any() else None
+        out["ssim_face"] = ssim(r[keep], g[keep], fm[keep]) if keep.any() else None
+    if wrinkle is not None:
+        out["psnr_wrinkle"] = pooled_psnr(renders, images, wrinkle)
+        out["wrinkle_pixels"] = int((wrinkle > 0.5).sum())
+    return out
 
 
-def evaluate_split(avatar, participant, sequences, serials, *, codes="nphm", max_frames=None) -> dict:
+def evaluate_split(avatar, participant, sequences, serials, *, codes="nphm", max_frames=None, pose=None) -> dict:
     """:func:`render_split` then :func:`score`; the renders are returned under ``"split"``."""
-    split = render_split(avatar, participant, sequences, serials, codes=codes, max_frames=max_frames)
-    return {**score(split["renders"], split["images"], split["alphas"]), "split": split}
+    split = render_split(avatar, participant, sequences, serials, codes=codes, max_frames=max_frames, pose=pose)
+    return {**score(split["renders"], split["images"], split["alphas"], split.get("face"), split.get("wrinkle")),
+            "split": split}
 
 
 def evaluate_avatar_splits(
     avatar: NPGAvatar, participant, profile, *, codes: str = "nphm", max_frames: int | None = None,
-    keep_images: bool = False, progress: bool = False,
+    keep_images: bool = False, progress: bool = False, pose: str | None = None,
 ) -> dict:
     """Novel-view and self-reenactment scores of ``avatar`` (held-out cameras of ``participant``)."""
     held = profile.data.heldout_sequence
@@ -92,7 +152,7 @@ def evaluate_avatar_splits(
     out = {}
     for key, seqs in (("novel_view", train_seqs), ("self_reenactment", [held])):
         res = evaluate_split(avatar, participant, seqs, participant.heldout_serials, codes=codes,
-                             max_frames=max_frames)
+                             max_frames=max_frames, pose=pose)
         if not keep_images:
             res.pop("split")
         out[key] = res
@@ -103,15 +163,17 @@ def evaluate_avatar_splits(
 def cross_reenactment(
     avatar: NPGAvatar, source, sequence: str, serials, *, codes: str = "nphm", max_frames: int | None = None,
 ) -> np.ndarray:
-    """Renders (T, C, H, W, 3) of ``avatar`` driven by participant ``source``'s tracked codes."""
+    """Renders (T, C, H, W, 3) of ``avatar`` driven by participant ``source``'s tracked codes and head pose."""
     seq = source.sequence(sequence)
-    z = seq.codes(codes).z_exp
+    drive = seq.drive(codes)
     cams = seq.cameras(list(serials))
-    vm, K = stack_cameras(cams, device=avatar.gaussians["means"].device)
-    idx = np.arange(len(z))
+    device = avatar.gaussians["means"].device
+    vm, K = stack_cameras(cams, device=device)
+    idx = np.arange(len(drive.z_exp))
     if max_frames is not None and len(idx) > max_frames:
         idx = np.unique(np.linspace(0, len(idx) - 1, max_frames).round().astype(int))
-    frames = [avatar.render(torch.from_numpy(z[i]), vm, K, cams[0].width, cams[0].height).colors
+    frames = [avatar.render(torch.from_numpy(drive.z_exp[i]).to(device), vm, K, cams[0].width, cams[0].height,
+                            pose=_pose(drive, i, device)).colors
               for i in idx]
     return torch.stack(frames).clamp(0, 1).cpu().numpy()
 
@@ -138,6 +200,7 @@ __all__ = [
     "error_grid",
     "evaluate_avatar_splits",
     "evaluate_split",
+    "pooled_psnr",
     "render_split",
     "score",
 ]

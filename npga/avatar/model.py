@@ -8,12 +8,18 @@ An avatar is
 * the dynamics module D = F + G (:mod:`npga.avatar.dynamics`): the forward field F distilled from
   the head model (:mod:`npga.deformation`, fine-tuned per avatar with a lower learning
   rate) moves means and, through its Jacobian, rotations and scales; the detail network G
-  adds offsets to position, rotation and scale. Colour and opacity are not deformed.
+  adds offsets to position, rotation and scale, and (``dynamic_appearance``) to colour
+  and opacity;
+* the rigid head pose of the frame (tracked, :mod:`npga.headmodels.pose`): everything
+  above happens in *head space*; the pose then moves the means, ``R mu + t``, and the
+  rotations, ``q_R * q`` (covariances become ``R Sigma R^T``; scales are unchanged).
+  SH colours are evaluated with view directions in head space, so a colour stays
+  attached to the skin when the head turns.
 
-Rendering one frame: posed Gaussians from the tracked z_exp, SH colours evaluated per
-camera, and -- when asked for -- the features f_i rasterized in the *same* pass as
-extra colour channels (D = 3 + feature_dim), which is what the screen-space CNN of a
-later chapter reads.
+Rendering one frame: posed Gaussians from the tracked z_exp and pose, SH colours
+evaluated per camera, and -- when asked for -- the features f_i rasterized in the
+*same* pass as extra colour channels (D = 3 + feature_dim), which is what the
+screen-space CNN of a later chapter reads.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from torch import Tensor, nn
 from npga.avatar.dynamics import DetailNetwork
 from npga.config import AvatarConfig, Profile
 from npga.deformation import ForwardField, deform_gaussians
+from npga.headmodels.pose import matrix_to_quat, quat_multiply
 from npga.splatting.gaussians import (
+    SH_C0,
     GaussianParams,
     eval_sh,
     init_from_points,
@@ -48,7 +56,7 @@ class AvatarRender:
     alphas: Tensor  # (C, H, W, 1) accumulated opacity
     features: Tensor | None  # (C, H, W, feature_dim) rasterized f_i, or None
     meta: dict  # the rasterizer's meta (means2d for densification, radii, ...)
-    posed: dict[str, Tensor]  # posed means (N, 3), quats (N, 4), scales (N, 3) log
+    posed: dict[str, Tensor]  # head-space means (N, 3), quats (N, 4), scales (N, 3) log (+ G's appearance offsets)
 
 
 class NPGAvatar(nn.Module):
@@ -59,7 +67,8 @@ class NPGAvatar(nn.Module):
     ``prior``: the forward field F (this avatar's own copy: it is fine-tuned);
     ``detail``: G, or None for F alone; ``z_id``: the tracked identity code F is
     conditioned on (None when F is not); ``transport``/``jacobian``: how F moves shapes
-    (see :func:`npga.deformation.deform_gaussians`).
+    (see :func:`npga.deformation.deform_gaussians`); ``use_pose``: apply the head pose
+    given to :meth:`render` (False: the ablation "no pose", head space = world).
     """
 
     def __init__(
@@ -72,8 +81,10 @@ class NPGAvatar(nn.Module):
         transport: str = "exact",
         jacobian: str = "fd",
         backend: str = "auto",
+        use_pose: bool = True,
     ) -> None:
         super().__init__()
+        self.use_pose = bool(use_pose)
         self.gaussians = gaussians
         self.prior = prior
         self.detail = detail
@@ -106,10 +117,11 @@ class NPGAvatar(nn.Module):
 
     # ------------------------------------------------------------------ dynamics
     def deform(self, z_exp: Tensor) -> dict[str, Tensor]:
-        """Posed means (N, 3), quats (N, 4) and log-scales (N, 3) for one code z_exp (E,).
+        """Deformed means (N, 3), quats (N, 4) and log-scales (N, 3), head space, for one z_exp (E,).
 
         D = F + G: F transports each Gaussian (mean through F, covariance through dF/dx),
-        then G's offsets are added (NPGA Sec. 4.2).
+        then G's offsets are added (NPGA Sec. 4.2). With a dynamic-appearance G the dict
+        also holds its ``colors`` (N, 3) and ``opacities`` (N,) offsets.
         """
         g = self.gaussians
         z_exp = torch.as_tensor(z_exp, dtype=torch.float32, device=g["means"].device).reshape(-1)
@@ -117,12 +129,22 @@ class NPGAvatar(nn.Module):
             self.prior, g["means"], g["quats"], g["scales"], z_exp, self.z_id,
             mode=self.transport, jacobian=self.jacobian,
         )
+        out = {"means": means, "quats": quats, "scales": log_scales}
         if self.detail is not None:
-            d_means, d_quats, d_scales = self.detail(g["means"], g.get("features"), z_exp)
-            means = means + d_means
-            quats = quats + d_quats  # unnormalised, as stored; the rasterizer normalises
-            log_scales = log_scales + d_scales
-        return {"means": means, "quats": quats, "scales": log_scales}
+            d = self.detail.outputs(g["means"], g.get("features"), z_exp)
+            out["means"] = means + d["means"]
+            out["quats"] = quats + d["quats"]  # unnormalised, as stored; the rasterizer normalises
+            out["scales"] = log_scales + d["scales"]
+            if "colors" in d:
+                out["colors"], out["opacities"] = d["colors"], d["opacities"]
+        return out
+
+    def world_pose(self, pose: tuple[Tensor, Tensor] | None, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The pose to apply, as tensors like ``like``; None without one or with ``use_pose=False``."""
+        if pose is None or not self.use_pose:
+            return None
+        R, t = pose
+        return torch.as_tensor(R).to(like).reshape(3, 3), torch.as_tensor(t).to(like).reshape(3)
 
     # ------------------------------------------------------------------ rendering
     def render(
@@ -136,6 +158,7 @@ class NPGAvatar(nn.Module):
         with_features: bool = False,
         background: Tensor | None = None,  # (3,) colour; default black
         sh_degree: int | None = None,
+        pose: tuple[Tensor, Tensor] | None = None,  # (R (3, 3), t (3,)) head space -> world
     ) -> AvatarRender:
         """Render one frame into C cameras; colour and (optionally) features in one pass."""
         from npga.splatting.render import rasterize
@@ -144,10 +167,19 @@ class NPGAvatar(nn.Module):
         g = self.gaussians
         C = viewmats.shape[0]
         degree = self.sh_degree if sh_degree is None else sh_degree
-        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # (C, 3)
-        dirs = posed["means"][None] - campos[:, None]  # (C, N, 3) camera -> Gaussian
+        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # (C, 3) world
+        means, quats = posed["means"], posed["quats"]
+        Rt = self.world_pose(pose, means)
+        if Rt is not None:
+            means, quats = pose_gaussians(means, quats, *Rt)
+            campos = (campos - Rt[1]) @ Rt[0]  # cameras in head space, for the SH directions
+        dirs = posed["means"][None] - campos[:, None]  # (C, N, 3) camera -> Gaussian, head space
         coeffs = sh_coeffs(g)[None].expand(C, -1, -1, -1)
-        rgb = torch.clamp_min(eval_sh(coeffs, dirs, degree) + 0.5, 0.0)  # (C, N, 3), gsplat's rule
+        rgb = eval_sh(coeffs, dirs, degree) + 0.5
+        if "colors" in posed:  # G's expression-dependent colour offset
+            rgb = rgb + posed["colors"][None]
+        rgb = torch.clamp_min(rgb, 0.0)  # (C, N, 3), gsplat's rule
+        logits = g["opacities"] + posed["opacities"] if "opacities" in posed else g["opacities"]
         colors = rgb
         nf = self.feature_dim if with_features else 0
         if nf:
@@ -157,10 +189,10 @@ class NPGAvatar(nn.Module):
             bg = torch.cat([torch.as_tensor(background).to(rgb).reshape(1, 3),
                             rgb.new_zeros(1, nf)], dim=-1).expand(C, -1)
         img, alphas, meta = rasterize(
-            posed["means"],
-            nn.functional.normalize(posed["quats"], dim=-1),
+            means,
+            nn.functional.normalize(quats, dim=-1),
             torch.exp(posed["scales"]),
-            torch.sigmoid(g["opacities"]),
+            torch.sigmoid(logits),
             colors,
             viewmats,
             Ks,
@@ -174,16 +206,27 @@ class NPGAvatar(nn.Module):
 
     # ------------------------------------------------------------------ export
     @torch.no_grad()
-    def posed_gaussians(self, z_exp: Tensor) -> GaussianParams:
-        """The avatar at expression z_exp as a static Gaussian set (for PLY export)."""
+    def posed_gaussians(self, z_exp: Tensor, pose: tuple[Tensor, Tensor] | None = None) -> GaussianParams:
+        """The avatar at expression z_exp (and head pose) as a static Gaussian set (for PLY export).
+
+        G's colour offset goes into the SH DC term and its opacity offset into the logits,
+        so a standard 3DGS viewer shows the same frame.
+        """
         posed = self.deform(z_exp)
         out = {k: v.detach().clone() for k, v in self.gaussians.items()}
+        if "colors" in posed:
+            out["sh0"] = out["sh0"] + posed.pop("colors")[:, None, :] / SH_C0
+            out["opacities"] = out["opacities"] + posed.pop("opacities")
+        Rt = self.world_pose(pose, posed["means"])
+        if Rt is not None:
+            posed["means"], posed["quats"] = pose_gaussians(posed["means"], posed["quats"], *Rt)
+            # SH bands of degree >= 1 stay in head space (a viewer sees them rotated by R)
         out.update({k: v.detach().clone() for k, v in posed.items()})
         return {k: nn.Parameter(v) for k, v in out.items()}
 
-    def export_ply(self, path: str | Path, z_exp: Tensor) -> None:
+    def export_ply(self, path: str | Path, z_exp: Tensor, pose: tuple[Tensor, Tensor] | None = None) -> None:
         """Write the avatar posed at z_exp as a standard 3DGS PLY (features in ``feat_*``)."""
-        save_ply(path, self.posed_gaussians(z_exp))
+        save_ply(path, self.posed_gaussians(z_exp, pose))
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, Any]:
@@ -193,7 +236,8 @@ class NPGAvatar(nn.Module):
             "prior": self.prior.to_state(),
             "detail": None if self.detail is None else self.detail.to_state(),
             "z_id": None if self.z_id is None else self.z_id.detach().cpu().clone(),
-            "options": {"transport": self.transport, "jacobian": self.jacobian, "backend": self.backend},
+            "options": {"transport": self.transport, "jacobian": self.jacobian, "backend": self.backend,
+                        "use_pose": self.use_pose},
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -208,6 +252,7 @@ class NPGAvatar(nn.Module):
             self.detail.load_state_dict(other.detail.state_dict())
         self.z_id = other.z_id
         self.transport, self.jacobian, self.backend = other.transport, other.jacobian, other.backend
+        self.use_pose = other.use_pose
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: str | torch.device = "cpu") -> "NPGAvatar":
@@ -215,9 +260,22 @@ class NPGAvatar(nn.Module):
             gaussians = {k: nn.Parameter(v.to(device)) for k, v in state["gaussians"].items()}
             prior = ForwardField.from_state(state["prior"]).to(device)
             detail = None if state["detail"] is None else DetailNetwork.from_state(state["detail"]).to(device)
-            return cls(gaussians, prior, detail, state["z_id"], **state["options"]).to(device)
+            options = {"use_pose": False, **state["options"]}  # states saved before the pose: trained without
+            return cls(gaussians, prior, detail, state["z_id"], **options).to(device)
         except KeyError as err:
             raise ValueError(f"not an NPGAvatar state: missing {err}") from None
+
+
+# --------------------------------------------------------------------------- posing
+
+
+def pose_gaussians(means: Tensor, quats: Tensor, R: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Move Gaussians by the rigid pose x -> R x + t: means (N, 3), quats wxyz (N, 4).
+
+    A Gaussian's covariance R_i S^2 R_i^T becomes (R R_i) S^2 (R R_i)^T: the rotation
+    composes (``q_R * q_i``), the scales do not change.
+    """
+    return means @ R.T + t, quat_multiply(matrix_to_quat(R).expand_as(quats), quats)
 
 
 # --------------------------------------------------------------------------- construction
@@ -251,7 +309,7 @@ def create_avatar(
     if detail:
         G = DetailNetwork(
             exp_codes.shape[-1], fd, cfg.detail_hidden, cfg.detail_layers, cfg.detail_freqs,
-            center=tuple(pts.mean(0).tolist()), scale=prior.scale,
+            center=tuple(pts.mean(0).tolist()), scale=prior.scale, appearance=cfg.dynamic_appearance,
         )
         G.set_code_stats(exp_codes)
     elif fd:
@@ -259,7 +317,8 @@ def create_avatar(
     F = copy.deepcopy(prior).train()
     for p in F.parameters():
         p.requires_grad_(True)
-    return NPGAvatar(gaussians, F, G, z_id, transport=cfg.transport, jacobian=cfg.jacobian, backend=backend)
+    return NPGAvatar(gaussians, F, G, z_id, transport=cfg.transport, jacobian=cfg.jacobian, backend=backend,
+                     use_pose=cfg.head_pose)
 
 
 def initial_colors(points_posed: np.ndarray, images: np.ndarray, cameras) -> np.ndarray:
@@ -288,7 +347,7 @@ def build_avatar(
     Canonical Gaussians on the tracked identity's canonical NPHM surface (z_id from
     ``tracking/{model}.npz``), the profile's distilled prior F
     (:func:`npga.deformation.store.load_or_distill`), colours from the first training
-    frame seen by the training cameras through F.
+    frame seen by the training cameras through F and that frame's tracked head pose.
     """
     from npga.deformation.store import load_or_distill
     from npga.headmodels import load_or_train
@@ -308,6 +367,9 @@ def build_avatar(
     images = np.stack([seq.load_image(seq.frames[0], c.serial) for c in cams])
     with torch.no_grad():
         posed = prior(points, exp_codes[0], z_id if prior.id_dims else None)
+    if cfg.head_pose:  # the first frame's head pose puts the Gaussians where the cameras saw them
+        R, t = codes[0].pose(0)
+        posed = posed @ torch.as_tensor(R, dtype=posed.dtype).T + torch.as_tensor(t, dtype=posed.dtype)
     colors = initial_colors(posed.numpy(), images, cams)
     return create_avatar(
         points, prior, cfg, exp_codes=exp_codes, z_id=z_id if prior.id_dims else None,
@@ -315,4 +377,4 @@ def build_avatar(
     )
 
 
-__all__ = ["AvatarRender", "NPGAvatar", "build_avatar", "create_avatar", "initial_colors"]
+__all__ = ["AvatarRender", "NPGAvatar", "build_avatar", "create_avatar", "initial_colors", "pose_gaussians"]

@@ -133,10 +133,13 @@ class TrainData:
 
     ``sequences``: names; ``serials``: cameras (default: the 12 training cameras);
     ``codes``: head-model name of the tracked codes (or ``"gt"`` for ground truth, for
-    tests and ablations only). Images are kept as uint8 after their first use.
+    tests and ablations only); ``pose``: where the head pose comes from (default: the
+    same tracker; ``"gt"``: SynthHead's true pose, an ablation). Images are kept as uint8
+    after their first use.
     """
 
-    def __init__(self, participant, sequences, serials=None, codes: str = "nphm", device="cpu"):
+    def __init__(self, participant, sequences, serials=None, codes: str = "nphm", device="cpu",
+                 pose: str | None = None):
         from npga.capture.cameras import stack_cameras
 
         self.participant = participant
@@ -147,12 +150,13 @@ class TrainData:
         self.codes = codes
         self.device = torch.device(device)
         self.frames: list[tuple[int, int]] = []  # (sequence index, frame index)
-        z = []
+        drive = [seq.drive(codes, pose) for seq in self.sequences]
         for si, seq in enumerate(self.sequences):
-            zz = seq.ground_truth().z_exp if codes == "gt" else seq.codes(codes).z_exp
-            z.append(np.asarray(zz, np.float32))
             self.frames += [(si, fi) for fi in range(len(seq.frames))]
-        self.z_exp = torch.from_numpy(np.concatenate(z)).to(self.device)  # (T, E)
+        cat = lambda k: torch.from_numpy(np.concatenate([getattr(d, k) for d in drive]).astype(np.float32))  # noqa: E731
+        self.z_exp = cat("z_exp").to(self.device)  # (T, E)
+        self.rotation = cat("rotation").to(self.device)  # (T, 3, 3) head pose, head space -> world
+        self.translation = cat("translation").to(self.device)  # (T, 3)
         self.cameras = self.sequences[0].cameras(self.serials)
         self.viewmats, self.Ks = stack_cameras(self.cameras, device=self.device)
         self.width, self.height = self.cameras[0].width, self.cameras[0].height
@@ -172,7 +176,7 @@ class TrainData:
         return self._cache[key]
 
     def batch(self, t: int, cams: list[int]) -> dict:
-        """Frame t seen by cameras ``cams``: images (C, H, W, 3), alphas (C, H, W), cameras, z_exp."""
+        """Frame t seen by cameras ``cams``: images (C, H, W, 3), alphas (C, H, W), cameras, z_exp, pose."""
         pix = [self._load(t, c) for c in cams]
         to = lambda a: torch.from_numpy(np.stack(a)).to(self.device, torch.float32) / 255.0  # noqa: E731
         return {
@@ -181,6 +185,7 @@ class TrainData:
             "viewmats": self.viewmats[cams],
             "Ks": self.Ks[cams],
             "z_exp": self.z_exp[t],
+            "pose": (self.rotation[t], self.translation[t]),
             "t": t,
             "cams": list(cams),
         }
@@ -367,7 +372,7 @@ def train(
             batch = data.batch(t, cams)
             try:
                 out = avatar.render(batch["z_exp"], batch["viewmats"], batch["Ks"], data.width, data.height,
-                                    with_features=hooks.image_head is not None)
+                                    with_features=hooks.image_head is not None, pose=batch["pose"])
             except ValueError as err:  # the rasterizer refuses non-finite posed Gaussians
                 if "NaN or inf" not in str(err):
                     raise
@@ -462,6 +467,8 @@ def inputs_fingerprint(profile: Profile, participant, prior: nn.Module, model: s
         h.update(seq_name.encode())
         h.update(codes.z_exp.tobytes())
         h.update(codes.z_id.tobytes())
+        h.update(codes.rotation.tobytes())
+        h.update(codes.translation.tobytes())
     return h.hexdigest()[:16]
 
 
@@ -505,7 +512,7 @@ def train_avatar(
     }
     if evaluate_at_end:
         results["metrics"] = evaluate_avatar_splits(avatar, part, profile, progress=progress)
-    avatar.export_ply(out / "frame0.ply", data.z_exp[0])
+    avatar.export_ply(out / "frame0.ply", data.z_exp[0], (data.rotation[0], data.translation[0]))
     write_json(out / "results.json", results)
     return results
 

@@ -30,6 +30,27 @@ def show_source(obj, *, start: str | None = None, lines: int | None = None):
         return src
 
 
+def markdown_table(rows: list[dict], digits: int = 2):
+    """A list of dicts (one per row, the same keys) as a Markdown table, floats rounded.
+
+    Returns an IPython ``Markdown`` object in a notebook (the book renders it as an HTML
+    table), the text elsewhere.
+    """
+    if not rows:
+        raise ValueError("markdown_table: no rows")
+    keys = list(rows[0])
+    cell = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    text = "\n".join(lines)
+    try:
+        from IPython.display import Markdown
+
+        return Markdown(text)
+    except ImportError:  # pragma: no cover
+        return text
+
+
 def _version(module: str) -> str | None:
     try:
         from importlib.metadata import version

@@ -79,6 +79,8 @@ file. Problems raise :class:`npga.capture.cameras.CalibrationError` (the calibra
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 from dataclasses import dataclass
@@ -196,6 +198,12 @@ class TrackedCodes:
     model: str
     z_exp: np.ndarray  # (T, d) float32
     z_id: np.ndarray  # (d_id,) float32
+    rotation: np.ndarray  # (T, 3, 3) float64 head pose, head space -> world
+    translation: np.ndarray  # (T, 3) float64 metres
+
+    def pose(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """(R (3, 3), t (3,)) of frame index ``t``."""
+        return self.rotation[t], self.translation[t]
 
 
 @dataclass(frozen=True)
@@ -430,7 +438,14 @@ class Sequence:
         return sorted(p.stem for p in folder.glob("*.npz")) if folder.is_dir() else []
 
     def codes(self, model: str) -> TrackedCodes:
-        """Tracked codes of head model ``model`` (``tracking/{model}.npz``)."""
+        """Tracked codes and head pose of head model ``model`` (``tracking/{model}.npz``).
+
+        The file must hold ``z_exp`` (T, d), ``z_id`` (d_id,), ``rotation`` (T, 3, 3) and
+        ``translation`` (T, 3); a file without the pose (written before the head pose was
+        tracked) is refused, as is a rotation that is not one (the frame is named).
+        """
+        from npga.headmodels.pose import check_pose
+
         path = self.path / "tracking" / f"{model}.npz"
         if not path.is_file():
             have = self.tracking_models()
@@ -438,7 +453,13 @@ class Sequence:
                 f"{path}: no tracked codes for model {model!r} "
                 f"(available: {', '.join(have) if have else 'none'}; run the tracking chapter)"
             )
-        z = _load_npz(path, ("z_exp", "z_id"), "tracked codes")
+        with np.load(path) as raw:
+            if "z_exp" in raw.files and "rotation" not in raw.files:
+                raise DatasetError(
+                    f"{path}: tracked codes without a head pose (no 'rotation'/'translation'); the file "
+                    "predates pose tracking -- re-run the tracking (data_scripts/train_head_model.py)"
+                )
+        z = _load_npz(path, ("z_exp", "z_id", "rotation", "translation"), "tracked codes")
         z_exp, z_id = z["z_exp"], z["z_id"]
         if z_exp.ndim != 2 or z_exp.shape[0] != len(self.frames):
             raise DatasetError(
@@ -448,7 +469,58 @@ class Sequence:
             raise DatasetError(f"{path}: z_id has shape {z_id.shape}, expected (d_id,)")
         if not (np.all(np.isfinite(z_exp)) and np.all(np.isfinite(z_id))):
             raise DatasetError(f"{path}: tracked codes contain NaN or Inf")
-        return TrackedCodes(path, model, z_exp.astype(np.float32), z_id.astype(np.float32))
+        try:
+            check_pose(z["rotation"], z["translation"], len(self.frames), str(path))
+        except ValueError as err:
+            raise DatasetError(str(err)) from None
+        return TrackedCodes(
+            path, model, z_exp.astype(np.float32), z_id.astype(np.float32),
+            z["rotation"].astype(np.float64), z["translation"].astype(np.float64),
+        )
+
+    def write_tracking(
+        self, model: str, z_exp: np.ndarray, z_id: np.ndarray, rotation: np.ndarray, translation: np.ndarray,
+        **extra: np.ndarray,
+    ) -> Path:
+        """Write ``tracking/{model}.npz`` (what :meth:`codes` reads), checked, atomically.
+
+        ``z_exp`` (T, d), ``z_id`` (d_id,), ``rotation`` (T, 3, 3), ``translation`` (T, 3);
+        ``extra`` arrays are stored beside them (the tracker's diagnostics).
+        """
+        from npga.headmodels.pose import check_pose
+        from npga.io import save_npz
+
+        path = self.path / "tracking" / f"{model}.npz"
+        z_exp = np.asarray(z_exp, np.float32)
+        if z_exp.ndim != 2 or len(z_exp) != len(self.frames):
+            raise ValueError(f"{path}: z_exp has shape {z_exp.shape}, expected ({len(self.frames)}, d)")
+        check_pose(rotation, translation, len(self.frames), str(path))
+        save_npz(path, z_exp=z_exp, z_id=np.asarray(z_id, np.float32),
+                 rotation=np.asarray(rotation, np.float32), translation=np.asarray(translation, np.float32),
+                 frames=np.asarray(self.frames, np.int64), **extra)
+        return path
+
+    def drive(self, source: str, pose: str | None = None) -> TrackedCodes:
+        """What drives an avatar on this sequence: tracked codes + pose, or ``"gt"``.
+
+        ``source`` is a head-model name (:meth:`codes`) or ``"gt"`` for SynthHead's ground
+        truth (its z_exp and head pose; the identity pose for data made before the pose
+        was stored), an upper bound that no real capture has. ``pose="gt"`` replaces only
+        the pose by the ground truth's (the tracked codes stay): what a perfect pose
+        tracker would give.
+        """
+        if source != "gt":
+            codes = self.codes(source)
+            if pose is None or pose == source:
+                return codes
+            ref = self.drive(pose)
+            return dataclasses.replace(codes, rotation=ref.rotation, translation=ref.translation)
+        gt = self.ground_truth()
+        T = len(gt.z_exp)
+        R = gt.head_rotation if gt.head_rotation is not None else np.tile(np.eye(3), (T, 1, 1))
+        t = gt.head_translation if gt.head_translation is not None else np.zeros((T, 3))
+        return TrackedCodes(gt.path, "gt", gt.z_exp.astype(np.float32), np.zeros(0, np.float32),
+                            np.asarray(R, np.float64), np.asarray(t, np.float64))
 
     def __repr__(self) -> str:
         return (
@@ -679,6 +751,8 @@ class FrameCameraDataset(torch.utils.data.Dataset):
         viewmat    (4, 4)    float32 world_2_cam
         K          (3, 3)    float32 pixels
         z_exp      (E,)      float32          (absent when codes is None)
+        rotation   (3, 3)    float32 head pose, head space -> world (absent when codes is None)
+        translation (3,)     float32 metres                           (absent when codes is None)
         sequence   str
         frame      int       frame number (folder name)
         frame_index int      position of the frame in its sequence
@@ -707,14 +781,9 @@ class FrameCameraDataset(torch.utils.data.Dataset):
             if missing:
                 raise DatasetError(f"{seq.path}: has no images for cameras {missing}")
         self.codes = codes
-        self._z_exp: list[np.ndarray | None] = []
-        for seq in self.sequences:
-            if codes is None:
-                self._z_exp.append(None)
-            elif codes == "gt":
-                self._z_exp.append(seq.ground_truth().z_exp)
-            else:
-                self._z_exp.append(seq.codes(codes).z_exp)
+        self._drive: list[TrackedCodes | None] = [
+            None if codes is None else seq.drive(codes) for seq in self.sequences
+        ]
         # (sequence index, frame index, timestep) for every frame
         self.frames: list[tuple[int, int, int]] = []
         for si, seq in enumerate(self.sequences):
@@ -758,9 +827,11 @@ class FrameCameraDataset(torch.utils.data.Dataset):
             "serial": serial,
             "camera_index": ci,
         }
-        z = self._z_exp[si]
-        if z is not None:
-            sample["z_exp"] = torch.from_numpy(z[fi])
+        d = self._drive[si]
+        if d is not None:
+            sample["z_exp"] = torch.from_numpy(d.z_exp[fi])
+            sample["rotation"] = torch.from_numpy(d.rotation[fi].astype(np.float32))
+            sample["translation"] = torch.from_numpy(d.translation[fi].astype(np.float32))
         return sample
 
 

@@ -19,12 +19,18 @@ codes; its forward field F is fitted to the 3DMM's own (linear) forward deformat
 its canonical Gaussians lie on the 3DMM's neutral surface of the tracked identity, since
 the NPHM-distilled F cannot read 3DMM codes.
 
+Chapter 5's pose experiment (``--experiment pose``, :data:`POSE_VARIANTS`) trains the
++features avatar without head pose, with the tracked pose, with SynthHead's true pose
+(tracked codes), and with the tracked pose plus dynamic appearance (G's colour and
+opacity offsets); it writes ``benchmarks/results/pose_{profile}.json`` / ``.md``.
+
 Each run is scored on novel views (training sequences, held-out cameras) and
 self-reenactment (held-out sequence, held-out cameras), masked PSNR/SSIM; the *gap* is
 novel-view PSNR minus self-reenactment PSNR. Results go to
 ``benchmarks/results/ablation_{profile}.json`` and ``.md`` with the command and machine.
 
     python benchmarks/ablation.py --profile mini --seeds 0 1 2
+    python benchmarks/ablation.py --experiment pose --profile mini --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -57,6 +63,20 @@ VARIANTS: dict[str, dict] = {
     "full-3dgs-adc": dict(features=True, laplacian=True, cnn=True, adc="3dgs", codes="nphm"),
     "full-3dmm": dict(features=True, laplacian=True, cnn=True, adc="npga", codes="3dmm"),
 }
+
+# Chapter 5's experiment (issue 13): what the head pose and expression-dependent appearance
+# buy. "pose": "tracked" (the tracker's, the default of every variant above), "none" (head
+# space = world, the avatar before the pose existed) or "gt" (SynthHead's true pose with
+# the tracked codes: what a perfect pose tracker would give); "appearance": G also
+# predicts colour and opacity offsets.
+POSE_VARIANTS: dict[str, dict] = {
+    "features-no-pose": dict(features=True, laplacian=False, cnn=False, adc="npga", codes="nphm", pose="none"),
+    "features": dict(features=True, laplacian=False, cnn=False, adc="npga", codes="nphm"),
+    "features-gt-pose": dict(features=True, laplacian=False, cnn=False, adc="npga", codes="nphm", pose="gt"),
+    "features+appearance": dict(features=True, laplacian=False, cnn=False, adc="npga", codes="nphm",
+                                appearance=True),
+}
+ALL_VARIANTS = {**VARIANTS, **POSE_VARIANTS}
 
 # NPGA's ablation as reported (self-reenactment PSNR on NeRSemble, three subjects), quoted for
 # the chapters. These three numbers come from secondary sources (the paper's table itself could
@@ -134,8 +154,11 @@ def build_3dmm_avatar(profile: Profile, part, feature_dim: int):
     cams = seq.cameras(part.train_serials)
     images = np.stack([seq.load_image(seq.frames[0], c.serial) for c in cams])
     with torch.no_grad():
-        posed = prior(torch.from_numpy(pts), exp[0])
-    colors = initial_colors(posed.numpy(), images, cams)
+        posed = prior(torch.from_numpy(pts), exp[0]).double().numpy()
+    if profile.avatar.head_pose:
+        R, t = codes[0].pose(0)
+        posed = posed @ R.T + t
+    colors = initial_colors(posed, images, cams)
     return create_avatar(pts, prior, profile.avatar, exp_codes=exp, colors=colors, feature_dim=feature_dim,
                          seed=profile.seed, backend=profile.render.backend)
 
@@ -176,8 +199,11 @@ def train_variant(profile: Profile, name: str, seed: int = 0, *, participant: in
     from npga.avatar.train import TrainConfig, TrainData, prepare, train
     from npga.capture.dataset import open_dataset
 
-    spec = dict(VARIANTS[name] if spec is None else spec)
-    P = with_overrides(profile, seed=seed)
+    spec = dict(ALL_VARIANTS[name] if spec is None else spec)
+    pose = spec.get("pose", "tracked")
+    P = with_overrides(profile, seed=seed, avatar={"head_pose": pose != "none",
+                                                    "dynamic_appearance": bool(spec.get("appearance", False))})
+    pose_source = "gt" if pose == "gt" else None
     head, prior = prepared if prepared is not None else prepare(P, progress=progress)
     part = open_dataset(P.data_root).participant(participant)
     fd = P.avatar.feature_dim if spec["features"] else 0
@@ -187,7 +213,7 @@ def train_variant(profile: Profile, name: str, seed: int = 0, *, participant: in
         avatar = build_avatar(P, part, feature_dim=fd, head=head, prior=prior, progress=progress)
     avatar = avatar.to(P.device)
     train_seqs = [s for s in part.sequences if s != P.data.heldout_sequence]
-    data = TrainData(part, train_seqs, codes=spec["codes"], device=P.device)
+    data = TrainData(part, train_seqs, codes=spec["codes"], device=P.device, pose=pose_source)
     hooks, parts = make_hooks(spec, avatar, P, seed)
     cfg = TrainConfig.from_profile(P, **({} if iterations is None else {"iterations": iterations}))
     res = train(avatar, data, cfg, hooks=hooks, progress=progress)
@@ -197,7 +223,7 @@ def train_variant(profile: Profile, name: str, seed: int = 0, *, participant: in
            "participant": part, "data": data}
     if evaluate:
         t0 = time.perf_counter()
-        m = evaluate_avatar_splits(out_avatar, part, P, codes=spec["codes"], max_frames=eval_frames)
+        m = evaluate_avatar_splits(out_avatar, part, P, codes=spec["codes"], max_frames=eval_frames, pose=pose_source)
         out["eval_seconds"] = time.perf_counter() - t0
         out["metrics"] = {k: {kk: vv for kk, vv in v.items() if kk != "split"} for k, v in m.items()}
         out["gap_psnr"] = m["novel_view"]["psnr"] - m["self_reenactment"]["psnr"]
@@ -221,6 +247,12 @@ def summarise(runs: list[dict]) -> dict:
             "n_gaussians": [r["n_gaussians"] for r in rs],
             "train_seconds": [r["train_seconds"] for r in rs],
         }
+        # SynthHead's regions (face without neck, expression wrinkles), where they were scored
+        for split in ("novel_view", "self_reenactment"):
+            for key in ("psnr_face", "psnr_wrinkle", "psnr_full"):
+                v = [r["metrics"][split].get(key) for r in rs]
+                if all(x is not None for x in v):
+                    vals[f"{split}_{key}"] = v
         table[name] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
                            "values": [float(x) for x in v]} for k, v in vals.items()}
         table[name]["seeds"] = [r["seed"] for r in rs]
@@ -230,7 +262,8 @@ def summarise(runs: list[dict]) -> dict:
 def to_markdown(result: dict) -> str:
     t = result["table"]
     lines = [
-        f"# Ablation, profile `{result['profile']}`",
+        f"# {'Ablation' if result.get('experiment', 'ablation') == 'ablation' else 'Head pose and appearance'}, "
+        f"profile `{result['profile']}`",
         "",
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']}  ",
@@ -256,6 +289,15 @@ def to_markdown(result: dict) -> str:
             f"| {pm(r['novel_view_ssim'], '{:.4f}')} | {pm(r['self_reenactment_ssim'], '{:.4f}')} "
             f"| {r['n_gaussians']['mean']:.0f} | {r['train_seconds']['mean']:.0f} |"
         )
+    region_keys = [k for k in ("novel_view_psnr_face", "self_reenactment_psnr_face", "novel_view_psnr_wrinkle",
+                               "self_reenactment_psnr_wrinkle") if all(k in r for r in t.values())]
+    if region_keys:
+        lines += ["", "SynthHead regions (PSNR dB, mean ± std over seeds): face = head without neck; "
+                  "wrinkle = pixels where the frame's expression wrinkles show (pooled).", "",
+                  "| variant | " + " | ".join(k.replace("_psnr_", " ").replace("_", "-") for k in region_keys) + " |",
+                  "|---|" + "---|" * len(region_keys)]
+        for name, r in t.items():
+            lines.append(f"| {name} | " + " | ".join(pm(r[k]) for k in region_keys) + " |")
     lines += ["", "Quoted from the paper (NeRSemble, not SynthHead): "
               + "; ".join(f"{k}: self-reenactment PSNR {v['self_reenactment_psnr']} ({v['source']})"
                           for k, v in PAPER_QUOTED.items()), ""]
@@ -267,29 +309,30 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads")
 
 
-def results_path(profile_name: str, ext: str = "json") -> Path:
-    return RESULTS / f"ablation_{profile_name}.{ext}"
+def results_path(profile_name: str, ext: str = "json", experiment: str = "ablation") -> Path:
+    """``benchmarks/results/{experiment}_{profile}.{ext}`` (experiments: ``ablation``, ``pose``)."""
+    return RESULTS / f"{experiment}_{profile_name}.{ext}"
 
 
-def load_results(profile_name: str) -> dict | None:
-    """The stored ablation of a profile, or None when it has not been run."""
-    p = results_path(profile_name)
+def load_results(profile_name: str, experiment: str = "ablation") -> dict | None:
+    """The stored ablation (or pose experiment) of a profile, or None when it has not been run."""
+    p = results_path(profile_name, experiment=experiment)
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def write_table(profile_name: str, res: dict) -> None:
-    """Write ``ablation_{profile}.json`` and its markdown table, each atomically."""
+def write_table(profile_name: str, res: dict, experiment: str = "ablation") -> None:
+    """Write ``{experiment}_{profile}.json`` and its markdown table, each atomically."""
     from npga.io import atomic_write, write_json
 
-    write_json(results_path(profile_name), res)
-    with atomic_write(results_path(profile_name, "md"), "w") as f:
+    write_json(results_path(profile_name, experiment=experiment), res)
+    with atomic_write(results_path(profile_name, "md", experiment), "w") as f:
         f.write(to_markdown(res))
 
 
-def shard_path(profile_name: str, shard: str) -> Path:
+def shard_path(profile_name: str, shard: str, experiment: str = "ablation") -> Path:
     """Where shard ``"i/n"`` of a parallel ablation writes its runs (merged by ``--merge``)."""
     i, n = shard.split("/")
-    return RESULTS / "shards" / f"ablation_{profile_name}.shard{i}of{n}.json"
+    return RESULTS / "shards" / f"{experiment}_{profile_name}.shard{i}of{n}.json"
 
 
 def jobs(variants, seeds, shard: str | None = None) -> list[tuple[str, int]]:
@@ -310,13 +353,13 @@ def jobs(variants, seeds, shard: str | None = None) -> list[tuple[str, int]]:
     return all_jobs[i::n]
 
 
-def merge(profile_name: str, command: str = "") -> dict:
+def merge(profile_name: str, command: str = "", experiment: str = "ablation") -> dict:
     """Combine the shard files of a profile into ``ablation_{profile}.json`` / ``.md``.
 
     Refuses when shards disagree on settings, a shard is incomplete, or a run is missing.
     """
 
-    paths = sorted((RESULTS / "shards").glob(f"ablation_{profile_name}.shard*of*.json"))
+    paths = sorted((RESULTS / "shards").glob(f"{experiment}_{profile_name}.shard*of*.json"))
     if not paths:
         raise SystemExit(f"no shard files for profile {profile_name!r} in {RESULTS / 'shards'}")
     parts = [json.loads(p.read_text()) for p in paths]
@@ -340,13 +383,13 @@ def merge(profile_name: str, command: str = "") -> dict:
         total_seconds=max(r["total_seconds"] for r in parts),
         parallel_shards=len(parts), shard=None,
     )
-    write_table(profile_name, res)
+    write_table(profile_name, res, experiment)
     return res
 
 
 def run(profile: Profile, seeds, variants, iterations: int | None = None, command: str = "",
         progress: bool = False, write: bool = True, eval_frames: int | None = None,
-        overrides: dict | None = None, shard: str | None = None) -> dict:
+        overrides: dict | None = None, shard: str | None = None, experiment: str = "ablation") -> dict:
     """Train and score every (variant, seed), writing results after each run.
 
     ``shard="i/n"`` runs only that share of the runs (see :func:`jobs`) and writes it to
@@ -365,7 +408,8 @@ def run(profile: Profile, seeds, variants, iterations: int | None = None, comman
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "seeds": list(seeds), "iterations": iterations or profile.avatar.iterations,
             "avatar_overrides": overrides or {}, "eval_frames": eval_frames,
-            "variants": {k: VARIANTS[k] for k in variants}, "runs": runs, "table": summarise(runs),
+            "variants": {k: ALL_VARIANTS[k] for k in variants}, "runs": runs, "table": summarise(runs),
+            "experiment": experiment,
             "paper_quoted": PAPER_QUOTED, "total_seconds": time.perf_counter() - t0, "shard": shard,
         }
 
@@ -374,11 +418,11 @@ def run(profile: Profile, seeds, variants, iterations: int | None = None, comman
         if not write:
             return
         if shard is not None:
-            path = shard_path(profile.name, shard)
+            path = shard_path(profile.name, shard, experiment)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, res)
             return
-        write_table(profile.name, res)
+        write_table(profile.name, res, experiment)
 
     for name, seed in jobs(variants, seeds, shard):
         r = train_variant(profile, name, seed, iterations=iterations, prepared=prepared, progress=progress,
@@ -399,7 +443,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--experiment", default="ablation", choices=["ablation", "pose"],
+                    help="ablation: the refinements (chapters 6-8); pose: head pose and dynamic appearance (chapter 5)")
+    ap.add_argument("--variants", nargs="+", default=None, choices=list(ALL_VARIANTS),
+                    help="default: every variant of the experiment")
     ap.add_argument("--iterations", type=int, default=None, help="override the profile's avatar iterations")
     ap.add_argument("--eval-frames", type=int, default=None, help="evaluate at most this many frames per sequence")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -415,7 +462,7 @@ def main(argv=None) -> None:
     P = get_profile(args.profile)
     cmd = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.merge:
-        print(to_markdown(merge(P.name, command=cmd.strip())))
+        print(to_markdown(merge(P.name, command=cmd.strip(), experiment=args.experiment)))
         return
     if P.device == "cpu":
         torch.set_num_threads(args.threads)
@@ -427,8 +474,9 @@ def main(argv=None) -> None:
         overrides[key] = type(getattr(P.avatar, key))(value)
     if overrides:
         P = with_overrides(P, avatar=overrides)
-    res = run(P, args.seeds, args.variants, args.iterations, command=cmd.strip(), progress=args.progress,
-              eval_frames=args.eval_frames, overrides=overrides, shard=args.shard)
+    variants = args.variants or list(POSE_VARIANTS if args.experiment == "pose" else VARIANTS)
+    res = run(P, args.seeds, variants, args.iterations, command=cmd.strip(), progress=args.progress,
+              eval_frames=args.eval_frames, overrides=overrides, shard=args.shard, experiment=args.experiment)
     print(to_markdown(res))
 
 
@@ -461,14 +509,17 @@ def paired_difference(table: dict, a: str, b: str, key: str) -> dict:
     return {**out, "std": sd, "p": p}
 
 
-def comparison_lines(profile_name: str, pairs: list[tuple[str, str, str]]) -> str:
+def comparison_lines(profile_name: str, pairs: list[tuple[str, str, str]], experiment: str = "ablation",
+                     keys: tuple[tuple[str, str], ...] = (("novel_view_psnr", "novel view"),
+                                                           ("self_reenactment_psnr", "self-reenactment"),
+                                                           ("gap_psnr", "gap"))) -> str:
     """``a`` minus ``b`` for each ``(a, b, label)`` in the stored ablation, paired by seed.
 
     Each difference is printed with its seed-by-seed spread and the paired t-test's p-value
     (:func:`paired_difference`); with three seeds only large, consistent differences reach
-    p < 0.05.
+    p < 0.05. ``keys``: (table key, label) of the metrics compared.
     """
-    res = load_results(profile_name)
+    res = load_results(profile_name, experiment)
     if res is None:
         return ""
     t = res["table"]
@@ -478,8 +529,9 @@ def comparison_lines(profile_name: str, pairs: list[tuple[str, str, str]]) -> st
             out.append(f"{label}: not in the {profile_name} results yet")
             continue
         lines = []
-        for key, short in (("novel_view_psnr", "novel view"), ("self_reenactment_psnr", "self-reenactment"),
-                           ("gap_psnr", "gap")):
+        for key, short in keys:
+            if key not in t[a] or key not in t[b]:
+                continue
             d = paired_difference(t, a, b, key)
             lines.append(f"    {short:17s} {d['mean']:+.2f} ± {d['std']:.2f} dB (p = {d['p']:.2f})")
         out.append(f"{label} [{profile_name}: {a} - {b}, paired over {d['n']} seeds]")
@@ -543,14 +595,14 @@ def claims_table(profile_name: str) -> str:
     return "\n".join(rows)
 
 
-def ablation_figure(profile_name: str, variants: list[str] | None = None):
+def ablation_figure(profile_name: str, variants: list[str] | None = None, experiment: str = "ablation"):
     """Bars (mean over seeds) with every seed as a dot: novel view, self-reenactment, gap.
 
     Returns a matplotlib figure, or None when the profile has no stored ablation.
     """
     import matplotlib.pyplot as plt
 
-    res = load_results(profile_name)
+    res = load_results(profile_name, experiment)
     if res is None:
         return None
     t = res["table"]
@@ -575,7 +627,7 @@ def ablation_figure(profile_name: str, variants: list[str] | None = None):
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, names)
     axes[0].invert_yaxis()
-    fig.suptitle(f"ablation, profile {profile_name}: mean ± std over seeds {res['seeds']} (dots: single seeds), "
+    fig.suptitle(f"{experiment}, profile {profile_name}: mean ± std over seeds {res['seeds']} (dots: single seeds), "
                  f"{res['iterations']} steps", fontsize=10)
     fig.tight_layout()
     return fig

@@ -109,13 +109,15 @@ def closest_points_on_mesh(
     faces: np.ndarray,
     k: int = 12,
     chunk: int = 65536,
+    tree: cKDTree | None = None,
 ) -> ClosestPoints:
     """Closest point on the mesh for every query point (N, 3).
 
     Candidate triangles are the ``k`` whose centroids are nearest (a KD-tree), and the
     exact point-triangle distance picks among them. Exact for meshes whose triangles
     are small compared with their spacing to other parts (true for SynthHead); ``k``
-    trades speed for safety on irregular meshes. ``face`` indexes ``faces``.
+    trades speed for safety on irregular meshes. ``face`` indexes ``faces``. ``tree``:
+    a prebuilt KD-tree of the triangle centroids, for many queries on one mesh.
     """
     points = np.asarray(points, np.float64)
     vertices = np.asarray(vertices, np.float64)
@@ -123,7 +125,8 @@ def closest_points_on_mesh(
     if len(faces) == 0:
         raise ValueError("closest_points_on_mesh: the mesh has no faces")
     tri = vertices[faces]
-    tree = cKDTree(tri.mean(axis=1))
+    if tree is None:
+        tree = cKDTree(tri.mean(axis=1))
     k = min(k, len(faces))
     out_d, out_f, out_b, out_p = [], [], [], []
     for start in range(0, len(points), chunk):

@@ -187,6 +187,7 @@ class Linear3DMM(torch.nn.Module):
         point_to_point: float = 0.1,
         segments: Sequence[int] | None = None,
         z_exp_init: np.ndarray | None = None,
+        z_id_init: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, list[float]]:
         """Fit codes to unregistered point clouds, one (N_t, 3) array per frame (ICP).
 
@@ -197,6 +198,7 @@ class Linear3DMM(torch.nn.Module):
         points, so ``lam`` reads as "a code of norm 1 must buy a mean squared distance
         improvement of ``lam`` m^2" whatever the point count. ``segments``:
         frame counts of consecutive sequences; smoothness never links two sequences.
+        ``z_exp_init``/``z_id_init`` only place the first closest points (a warm start).
         Returns ``z_id`` (k_id,), ``z_exp`` (T, k_exp) and the mean distance (m) of
         the kept points after each iteration.
         """
@@ -204,7 +206,8 @@ class Linear3DMM(torch.nn.Module):
         if T == 0:
             raise ValueError("fit_points: no frames")
         faces = self.faces.numpy()
-        zi = np.zeros(self.id_dims) if z_id is None else np.asarray(z_id, np.float64)
+        zi = np.asarray(z_id if z_id is not None else (np.zeros(self.id_dims) if z_id_init is None else z_id_init),
+                        np.float64)
         ze = np.zeros((T, self.exp_dims)) if z_exp_init is None else np.asarray(z_exp_init, np.float64).copy()
         Bid = self.basis_id.numpy()
         Bexp = self.basis_exp.numpy()

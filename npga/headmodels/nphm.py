@@ -40,7 +40,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -400,9 +400,52 @@ def fit_nphm(
     truncation ignores outliers) ``+ lam_id |z_id|^2 + lam_exp mean_t |z_t|^2
     + smooth mean_t |z_t - z_{t-1}|^2`` (never across ``segments``, the frame counts of
     consecutive sequences). ``z_id`` given: kept fixed; else one shared code is
-    fitted, starting from the mean training code. Returns ``z_id``, ``z_exp`` (T, d)
-    and the data term per step.
+    fitted, starting from the mean training code. The points are in head space; see
+    :func:`fit_nphm_posed` for points in world space with a per-frame head pose. Returns
+    ``z_id``, ``z_exp`` (T, d) and the data term per step.
     """
+    zi, ze, _, _, history = _fit_nphm(
+        model, points, z_id=z_id, pose=None, iterations=iterations, points_per_step=points_per_step, lr=lr,
+        lam_id=lam_id, lam_exp=lam_exp, smooth=smooth, pose_smooth=0.0, trim=trim, segments=segments,
+        z_exp_init=z_exp_init, seed=seed,
+    )
+    return zi, ze, history
+
+
+def fit_nphm_posed(
+    model: NPHM,
+    points: Sequence[np.ndarray],
+    rotation: np.ndarray,
+    translation: np.ndarray,
+    *,
+    pose_smooth: float = 1e-2,
+    **fit_args: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[float]]:
+    """:func:`fit_nphm` for world-space points, refining a per-frame head pose jointly.
+
+    Frame t's points are taken to head space by ``R_t^T (p - t_t)`` with
+    ``R_t = R0_t exp([w_t]_x)`` and ``t_t = t0_t + d_t``, starting from the given pose
+    (``rotation`` (T, 3, 3), ``translation`` (T, 3), e.g. the 3DMM tracker's) and
+    optimising ``w_t`` (radians) and ``d_t`` (metres) with the codes; ``pose_smooth``
+    weighs ``|w_t - w_{t-1}|^2 + |d_t - d_{t-1}|^2 / (0.1 m)^2`` inside each sequence.
+    ``fit_args`` are :func:`fit_nphm`'s keyword arguments. Returns ``z_id``, ``z_exp``,
+    the refined rotation and translation, and the data term per step.
+    """
+    import inspect
+
+    args = {k: p.default for k, p in inspect.signature(fit_nphm).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+    unknown = set(fit_args) - set(args)
+    if unknown:
+        raise TypeError(f"fit_nphm_posed: unknown arguments {sorted(unknown)}")
+    args.update(fit_args)
+    return _fit_nphm(model, points, pose=(rotation, translation), pose_smooth=pose_smooth, **args)
+
+
+def _fit_nphm(model, points, *, z_id, pose, iterations, points_per_step, lr, lam_id, lam_exp, smooth, pose_smooth,
+              trim, segments, z_exp_init, seed):
+    from npga.headmodels.pose import axis_angle_to_matrix
+
     T = len(points)
     if T == 0:
         raise ValueError("fit_nphm: no frames")
@@ -418,8 +461,14 @@ def fit_nphm(
     ze0 = np.zeros((T, model.exp_dims), np.float32) if z_exp_init is None else np.asarray(z_exp_init, np.float32)
     ze = torch.tensor(ze0).requires_grad_(True)
     pts = [torch.as_tensor(np.asarray(p), dtype=torch.float32) for p in points]
-    params = [ze] + ([] if fixed else [zi])
-    opt = torch.optim.Adam(params, lr=lr)
+    groups = [{"params": [ze] + ([] if fixed else [zi])}]
+    if pose is not None:
+        R0 = torch.as_tensor(np.asarray(pose[0]), dtype=torch.float32)
+        t0 = torch.as_tensor(np.asarray(pose[1]), dtype=torch.float32)
+        w = torch.zeros(T, 3, requires_grad=True)
+        d = torch.zeros(T, 3, requires_grad=True)  # in units of 0.1 m, so that lr means the same for both
+        groups.append({"params": [w, d], "lr": lr * 0.1})
+    opt = torch.optim.Adam(groups, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations, eta_min=lr * 0.05)
     bounds = np.cumsum([0, *(segments or [T])])
     link = torch.ones(T, dtype=torch.bool)
@@ -428,10 +477,16 @@ def fit_nphm(
     try:
         for _ in range(iterations):
             xs, zs = [], []
+            if pose is not None:
+                R = R0 @ axis_angle_to_matrix(w)  # (T, 3, 3)
+                tr = t0 + 0.1 * d
             for t, p in enumerate(pts):
                 k = min(points_per_step, len(p))
                 idx = torch.randint(len(p), (k,), generator=g)
-                xs.append(p[idx])
+                x = p[idx]
+                if pose is not None:
+                    x = (x - tr[t]) @ R[t]  # R^T (x - t), row vectors
+                xs.append(x)
                 zs.append(ze[t].expand(k, -1))
             x = torch.cat(xs)
             f = model.posed_sdf(x, zi, torch.cat(zs))
@@ -443,6 +498,10 @@ def fit_nphm(
                 diff = (ze[1:] - ze[:-1]).pow(2).sum(-1)[link[1:]]
                 if diff.numel():
                     loss = loss + smooth * diff.mean()
+            if pose is not None and pose_smooth > 0 and T > 1:
+                dp = ((w[1:] - w[:-1]).pow(2).sum(-1) + (d[1:] - d[:-1]).pow(2).sum(-1))[link[1:]]
+                if dp.numel():
+                    loss = loss + pose_smooth * dp.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -451,7 +510,12 @@ def fit_nphm(
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
-    return zi.detach().numpy().astype(np.float64), ze.detach().numpy().astype(np.float64), history
+    out_R = out_t = None
+    if pose is not None:
+        with torch.no_grad():
+            out_R = (R0 @ axis_angle_to_matrix(w)).double().numpy()
+            out_t = (t0 + 0.1 * d).double().numpy()
+    return zi.detach().numpy().astype(np.float64), ze.detach().numpy().astype(np.float64), out_R, out_t, history
 
 
-__all__ = ["NPHM", "NPHMData", "NPHMSpec", "SkipMLP", "TrainLog", "fit_nphm", "positional_encoding", "train_nphm"]
+__all__ = ["NPHM", "NPHMData", "NPHMSpec", "SkipMLP", "TrainLog", "fit_nphm", "fit_nphm_posed", "positional_encoding", "train_nphm"]

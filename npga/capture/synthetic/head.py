@@ -1220,6 +1220,84 @@ class SynthHead:
             return out + (np.stack(depths),)
         return out
 
+    def render_regions(
+        self,
+        cameras: Sequence[Camera],
+        z_exp: np.ndarray | None = None,
+        untracked: np.ndarray | None = None,
+        supersample: int = 2,
+        wrinkle_threshold: float = 1e-4,
+    ) -> dict[str, np.ndarray]:
+        """Ground-truth region masks of one frame seen by ``cameras`` (for evaluation).
+
+        Same cameras, codes, rasterizer and supersampling as :meth:`render`, so the
+        masks line up with its images pixel for pixel. Returns, each (C, H, W)
+        float32 in [0, 1] (the covered fraction of each pixel, box-filtered over
+        its ``supersample``**2 samples exactly like :meth:`render`'s alphas):
+
+        * ``"alpha"``: every visible sample (equals ``render(...)[1]``);
+        * ``"face"``: samples whose visible triangle belongs to the *face region*,
+          the head without neck (SynthHead has no torso). NPGA reports its
+          metrics on the face region; this is that region, exact, from the mesh.
+          Every part counts (skin, hair, eyes, lids, ears, mouth interior) except
+          the neck of the skin: a skin triangle is neck when *any* of its
+          vertices is a neck vertex (rows below the head/neck boundary
+          ``theta_n``, ``~_sk_head``), so the region ends exactly on that
+          boundary curve (under the chin in front, at the nape behind);
+        * ``"wrinkle"``: face samples where the expression wrinkles show in this
+          frame, derived from the ground truth: the strength
+          ``sum_k act_k |h_k|`` of the wrinkle activations
+          (:func:`~npga.capture.synthetic.appearance.wrinkle_activations`) times
+          the height maps of the skin's wrinkle texture, sampled at the sample's
+          uv exactly as :func:`~npga.capture.synthetic.appearance.shade` does,
+          must exceed ``wrinkle_threshold`` (metres). The default 1e-4 m is where
+          a crease becomes visible: ``shade`` darkens the albedo by
+          ``WRINKLE_DARKEN * |h|`` = 7% there (and tilts the normal). A fully
+          active line is 2.4-9e-4 m deep at its centre (forehead 2.4-6e-4,
+          nasolabial fold 9e-4) with a Gaussian cross-section, so the mask is the
+          core of each crease, about 2-3 Gaussian widths across, not its faint
+          tails (at 1e-4 a brow raise flags about 3% of the face region in a
+          frontal view). The neutral expression (all activations 0), and any
+          expression that drives no wrinkle map, gives an all-zero mask.
+        """
+        from npga.capture.synthetic.appearance import sample_texture, wrinkle_activations
+        from npga.capture.synthetic.meshrender import rasterize, resolve
+
+        z = _check_code(z_exp, EXPRESSION_NAMES, "z_exp")
+        u = _check_code(untracked, UNTRACKED_NAMES, "untracked")
+        cameras = list(cameras)
+        sizes = {(c.width, c.height) for c in cameras}
+        if len(sizes) != 1:
+            raise ValueError(f"render_regions needs cameras of one image size, got {sorted(sizes)}")
+        V = self._vertices(z, u)[0]
+        cull = self._face_culled()
+        # face region per triangle: no neck vertex (skin vertices are 0..n_sk-1)
+        neck_v = np.zeros(self.n_vertices, bool)
+        neck_v[: self._topo.slices["skin"].stop] = ~self._sk_head
+        face_tri = ~np.any(neck_v[self.faces], axis=1)
+        # shade() takes a triangle's part from its first vertex
+        skin_tri = self.part_of_vertex[self.faces[:, 0]] == PART["skin"]
+        act = wrinkle_activations(z)
+        wr = self.textures()["skin"]["wrinkles"][..., 0] if np.any(act > 0) else None  # (Tv, Tu, K)
+        out = {"alpha": [], "face": [], "wrinkle": []}
+        for cam in cameras:
+            frags = rasterize(V, self.faces, cam, supersample, cull)
+            vals = np.zeros((len(frags.face), 3), np.float32)
+            face = face_tri[frags.face]
+            vals[:, 0] = face
+            if wr is not None:
+                sel = np.nonzero(face & skin_tri[frags.face])[0]
+                if len(sel):
+                    uv = np.einsum("nk,nkc->nc", frags.bary[sel], self.face_uv[frags.face[sel]])
+                    h = sample_texture(wr, uv)  # (n, K) heights, as in shade()
+                    strength = np.abs(h) @ act
+                    vals[sel, 1] = strength > wrinkle_threshold
+            img, a = resolve(frags, vals)
+            out["alpha"].append(a)
+            out["face"].append(img[..., 0])
+            out["wrinkle"].append(img[..., 1])
+        return {k: np.clip(np.stack(v), 0.0, 1.0).astype(np.float32) for k, v in out.items()}
+
     def frame_attributes(self, V: np.ndarray, z: np.ndarray) -> dict:
         """Per-vertex quantities shared by every camera of one frame."""
         from npga.capture.synthetic.meshrender import vertex_normals
