@@ -298,6 +298,8 @@ def to_markdown(result: dict) -> str:
                   "|---|" + "---|" * len(region_keys)]
         for name, r in t.items():
             lines.append(f"| {name} | " + " | ".join(pm(r[k]) for k in region_keys) + " |")
+    if result.get("experiment", "ablation") != "ablation":  # the paper's ablation numbers are not about this
+        return "\n".join(lines + [""])
     lines += ["", "Quoted from the paper (NeRSemble, not SynthHead): "
               + "; ".join(f"{k}: self-reenactment PSNR {v['self_reenactment_psnr']} ({v['source']})"
                           for k, v in PAPER_QUOTED.items()), ""]
