@@ -53,6 +53,7 @@ def render_split(
     for name in sequences:
         seq = participant.sequence(name)
         drive = seq.drive(codes, pose)
+        gt = seq.ground_truth() if regions is not None else None  # once per sequence, not per frame
         cams = seq.cameras(list(serials))
         vm, K = stack_cameras(cams, device=device)
         idx = np.arange(len(seq.frames))
@@ -63,7 +64,6 @@ def render_split(
                                 pose=_pose(drive, fi, device))
             renders.append(out.colors.clamp(0, 1).cpu().numpy())
             if regions is not None:
-                gt = seq.ground_truth()
                 reg = participant.synth_head().render_regions(cams, gt.z_exp[fi], gt.untracked[fi])
                 for k in regions:
                     regions[k].append(reg[k])
