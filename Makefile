@@ -44,6 +44,11 @@ book: data
 test: $(STAMP)
 	@$(MAKE) --no-print-directory data PROFILE=mini
 	$(PY) -m pytest -n 2 --durations=15 tests
+	@# the HTML of the chapters the tests just executed (cached: nothing runs twice), then
+	@# every page opened in headless Chromium (npga.book.check_html; skipped without one
+	@# locally, an error under CI)
+	$(PY) -m npga.book.runner --profile mini
+	$(PY) -m npga.book.check_html
 
 clean:
 	rm -rf _build

@@ -233,9 +233,12 @@ def test_claim_verdicts_pair_runs_by_seed(tmp_path, monkeypatch):
     v = {(r["a"], r["b"], r["metric"]): r for r in ab.claim_verdicts("toy")}
     feat = v[("features", "vanilla", "self_reenactment_psnr")]
     assert feat["verdict"] == "reproduced" and feat["p"] < 0.01 and feat["difference"] == pytest.approx(0.3)
-    assert v[("features+laplacian", "features", "self_reenactment_psnr")]["verdict"] == "opposite, not significant"
-    assert v[("features+laplacian", "features", "gap_psnr")]["verdict"] == "opposite, not significant"  # gap +0.2
-    assert v[("full", "features+laplacian", "self_reenactment_psnr")]["verdict"] == "no difference"
+    assert feat["ci"][0] < 0.3 < feat["ci"][1] and feat["ci"][1] - feat["ci"][0] < 0.1
+    # three claims ran (features, Laplacian, CNN): Holm multiplies the smallest p by 3
+    assert feat["p_holm"] == pytest.approx(min(1.0, 3 * feat["p"]))
+    lap = v[("features+laplacian", "features", "self_reenactment_psnr")]
+    assert lap["verdict"] == "inconclusive" and lap["ci"][0] < -0.1 and lap["ci"][1] > 0.1  # -0.2, noisy
+    assert v[("full", "features+laplacian", "self_reenactment_psnr")]["verdict"] == "no effect of interest"
     assert v[("full", "full-3dmm", "self_reenactment_psnr")]["verdict"] == "not run"
     # the same +0.3 dB judged unpaired would vanish in the 1.5 dB seed spread
     assert abs(feat["difference"]) < table["vanilla"]["self_reenactment_psnr"]["std"]
@@ -243,7 +246,17 @@ def test_claim_verdicts_pair_runs_by_seed(tmp_path, monkeypatch):
     (tmp_path / "ablation_toy.json").write_text(__import__("json").dumps({"table": table}))
     v = {(r["a"], r["b"], r["metric"]): r["verdict"] for r in ab.claim_verdicts("toy")}
     assert v[("features", "vanilla", "self_reenactment_psnr")] == "contradicted"
-    assert "contradicted" in ab.claims_table("toy")
+    text = ab.claims_table("toy")
+    assert "contradicted" in text and "| not run |" in text and "Holm" in text
+
+
+def test_holm_adjusts_in_step_down_order_and_keeps_nan():
+    ab = _ablation()
+    adj = ab.holm([0.01, 0.04, float("nan"), 0.03])
+    # m = 3: 0.01 * 3, then max(0.03, 0.03 * 2), then max(0.06, 0.04 * 1)
+    assert adj[0] == pytest.approx(0.03) and adj[3] == pytest.approx(0.06) and adj[1] == pytest.approx(0.06)
+    assert adj[2] != adj[2]
+    assert ab.holm([0.5, 0.9]) == [1.0, 1.0]
 
 
 def test_ablation_figure_draws_every_seed_and_is_none_without_results(tmp_path, monkeypatch):

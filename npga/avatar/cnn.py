@@ -48,6 +48,10 @@ class ScreenSpaceCNN(nn.Module):
         self.out = nn.Conv2d(hidden, 3, 1)
         nn.init.zeros_(self.out.weight)  # identity at start: refined = rasterized RGB
         nn.init.zeros_(self.out.bias)
+        # Weights channels-last, like the latent image (C, H, W, D) seen through the
+        # permute in forward: oneDNN then runs every convolution without reordering its
+        # input and output, about 15 % faster on a CPU (benchmarks/train_step.py).
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, latent: Tensor) -> Tensor:
         if latent.dim() != 4 or latent.shape[-1] != self.in_channels:

@@ -53,7 +53,12 @@ class DynamicADC:
     opacity_reset_every: int = 0
     mode: str = "npga"
     cfg: DensifyConfig = field(default_factory=DensifyConfig)
-    scene_extent: float = 0.1  # metres: a head, not a room (3DGS measures the scene radius)
+    # metres. 3DGS measures the scene radius and clones Gaussians smaller than
+    # percent_dense (1 %) of it, splits the larger ones. For a head we choose the extent so
+    # that this boundary (5 mm) sits at the median size of the initial Gaussians (about 5 mm
+    # in mini and cpu), so that both clones and splits happen; with 0.1 m (1 mm) every
+    # densification was a split. Big-Gaussian pruning then starts at 10 % of it, 5 cm.
+    scene_extent: float = 0.5
     seed: int = 0
     state: DensifyState | None = None
     history: list = field(default_factory=list)

@@ -206,26 +206,42 @@ def run_book(
     """
     if profile not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {PROFILE_NAMES}")
-    out_dir = build_dir / "executed" / profile
     digest = package_digest(root)
     runs: list[ChapterRun] = []
     for nb in chapters_from_toc(root):
         if only and nb.stem not in only and nb.name not in only:
             continue
+        run = run_chapter(nb, profile, root=root, build_dir=build_dir, force=force, digest=digest)
+        runs.append(run)
         rel = nb.relative_to(root)
-        output = out_dir / rel
-        key_file = output.with_suffix(".key")
-        key = chapter_key(nb, profile, digest)
-        if not force and output.is_file() and key_file.is_file() and key_file.read_text() == key:
-            runs.append(ChapterRun(nb, output, 0.0, True))
-            log(f"  {rel}: cached")
-            continue
-        key_file.unlink(missing_ok=True)
-        seconds = execute_chapter(nb, output, profile)
-        key_file.write_text(key)
-        runs.append(ChapterRun(nb, output, seconds, False))
-        log(f"  {rel}: executed in {seconds:.1f} s")
+        log(f"  {rel}: cached" if run.cached else f"  {rel}: executed in {run.seconds:.1f} s")
     return runs
+
+
+def run_chapter(
+    notebook: Path,
+    profile: str = "mini",
+    *,
+    root: Path = REPO_ROOT,
+    build_dir: Path = BUILD_DIR,
+    force: bool = False,
+    digest: str | None = None,
+) -> ChapterRun:
+    """Execute one chapter into ``build_dir/executed/profile`` unless its cache key is unchanged.
+
+    ``tests/test_chapters.py`` runs every chapter through this, so the HTML that ``make
+    test`` builds afterwards reuses the executions the tests made.
+    """
+    rel = notebook.relative_to(root)
+    output = build_dir / "executed" / profile / rel
+    key_file = output.with_suffix(".key")
+    key = chapter_key(notebook, profile, digest or package_digest(root))
+    if not force and output.is_file() and key_file.is_file() and key_file.read_text() == key:
+        return ChapterRun(notebook, output, 0.0, True)
+    key_file.unlink(missing_ok=True)
+    seconds = execute_chapter(notebook, output, profile)
+    key_file.write_text(key)
+    return ChapterRun(notebook, output, seconds, False)
 
 
 # ------------------------------------------------------------------------------ HTML

@@ -30,25 +30,28 @@ def show_source(obj, *, start: str | None = None, lines: int | None = None):
         return src
 
 
-def markdown_table(rows: list[dict], digits: int = 2):
-    """A list of dicts (one per row, the same keys) as a Markdown table, floats rounded.
+def markdown_table(rows: list[dict], digits: int = 2, text: bool = False):
+    """A list of dicts (one per row) as a Markdown table, floats rounded.
 
+    Columns are the keys in order of first appearance; a row without a key shows "-".
     Returns an IPython ``Markdown`` object in a notebook (the book renders it as an HTML
-    table), the text elsewhere.
+    table), the text elsewhere or with ``text=True``.
     """
     if not rows:
         raise ValueError("markdown_table: no rows")
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     cell = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
-    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
-    text = "\n".join(lines)
+    lines += ["| " + " | ".join(cell(r.get(k, "-")) for k in keys) + " |" for r in rows]
+    out = "\n".join(lines)
+    if text:
+        return out
     try:
         from IPython.display import Markdown
 
-        return Markdown(text)
+        return Markdown(out)
     except ImportError:  # pragma: no cover
-        return text
+        return out
 
 
 def _version(module: str) -> str | None:
