@@ -84,3 +84,22 @@ def test_the_browser_finds_a_cdn_script_and_a_missing_self_check(tmp_path):
     assert good.problems == []
     joined = " ".join(broken.problems)
     assert "raw TeX" in joined and "network request" in joined and "overflow check did not run" in joined
+
+
+def test_player_embeds_every_frame_and_nothing_from_the_network():
+    from npga.book.tools import player
+
+    calls = []
+
+    def draw(fig, v):
+        calls.append(v)
+        fig.add_subplot().imshow([[v, 0], [0, v]], vmin=0, vmax=3)
+
+    out = player(draw, [0, 1, 2, 3], figsize=(1, 1), dpi=20, label="k")
+    html = out.data if hasattr(out, "data") else out
+    assert sorted(set(calls)) == [0, 1, 2, 3]
+    assert "http://" not in html and "https://" not in html
+    _, problems, players = ch.analyse_dom(f'<body data-npga-overflow="0">{html}</body>')
+    assert players == 1 and problems == []
+    with pytest.raises(ValueError, match="no values"):
+        player(draw, [])

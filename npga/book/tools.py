@@ -54,6 +54,47 @@ def markdown_table(rows: list[dict], digits: int = 2, text: bool = False):
         return out
 
 
+def player(draw, values, *, figsize: tuple[float, float] = (5.0, 3.6), label: str | None = None,
+           fps: float = 3.0, dpi: int = 80):
+    """A kernel-free player: the frames ``draw(fig, value)`` makes for each of ``values``,
+    with a slider and play buttons that work in a static page.
+
+    matplotlib's ``FuncAnimation(...).to_jshtml()`` embeds every frame as a PNG and the
+    controls as a few lines of JavaScript, so the book's HTML can be scrubbed without a
+    kernel (the ipywidgets sliders beside it need one). ``label``: a title "label = value"
+    on each frame. The font-awesome stylesheet that matplotlib links from a CDN is
+    dropped (the book's theme ships the icons; a page must not touch the network).
+    Returns an IPython ``HTML`` object (the HTML text without IPython).
+    """
+    import re
+
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation
+
+    values = list(values)
+    if not values:
+        raise ValueError("player: no values to show")
+    fig = plt.figure(figsize=figsize, dpi=dpi)
+
+    def frame(i: int) -> None:
+        fig.clear()
+        draw(fig, values[i])
+        if label:
+            v = values[i]
+            fig.suptitle(f"{label} = {v:.2f}" if isinstance(v, float) else f"{label} = {v}", fontsize=9)
+
+    anim = FuncAnimation(fig, frame, frames=len(values), interval=1000.0 / fps, repeat=False)
+    html = anim.to_jshtml(fps=fps, default_mode="once")
+    plt.close(fig)
+    html = re.sub(r"<link[^>]*font-awesome[^>]*>", "", html)
+    try:
+        from IPython.display import HTML
+
+        return HTML(html)
+    except ImportError:  # pragma: no cover
+        return html
+
+
 def _version(module: str) -> str | None:
     try:
         from importlib.metadata import version

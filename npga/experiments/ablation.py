@@ -526,6 +526,13 @@ def paired_difference(table: dict, a: str, b: str, key: str, level: float = 0.95
     return {**out, "std": sd, "p": p, "ci": [out["mean"] - half, out["mean"] + half]}
 
 
+def format_p(p: float) -> str:
+    """A p-value for a table: three decimals, "< 0.001" below that, "n/a" for nan."""
+    if p != p:
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def holm(pvalues: list[float]) -> list[float]:
     """Holm's step-down adjustment of a family of p-values (controls the family-wise error).
 
@@ -597,6 +604,12 @@ def claim_verdicts(profile_name: str, alpha: float = 0.05, sesoi: float = SESOI_
     return out
 
 
+def paper_difference(a: str, b: str, key: str = "self_reenactment_psnr") -> str:
+    """a - b in the paper's ablation (:data:`PAPER_QUOTED`, NeRSemble), or "-" when not quoted."""
+    qa, qb = PAPER_QUOTED.get(a, {}).get(key), PAPER_QUOTED.get(b, {}).get(key)
+    return "-" if qa is None or qb is None else f"{qa - qb:+.2f}"
+
+
 def claims_table(profile_name: str) -> str:
     """:func:`claim_verdicts` as a markdown table (the chapters show it as HTML)."""
     rows = []
@@ -610,8 +623,9 @@ def claims_table(profile_name: str) -> str:
             "claim": v["claim"], "a - b": f"{v['a']} - {v['b']}",
             "self-reen. PSNR (dB)": f"{v['difference']:+.2f}",
             "95 % CI": f"[{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}]",
-            "p": f"{v['p']:.3f}", "Holm p": f"{v['p_holm']:.3f}", "verdict": v["verdict"],
+            "p": format_p(v["p"]), "Holm p": format_p(v["p_holm"]), "verdict": v["verdict"],
             "secondary (dB, 95 % CI)": sec or "-",
+            "paper a - b (quoted)": paper_difference(v["a"], v["b"]),
         })
     from npga.book.tools import markdown_table
 
@@ -623,7 +637,8 @@ def claims_table(profile_name: str) -> str:
 
 
 def ablation_figure(profile_name: str, variants: list[str] | None = None, experiment: str = "ablation"):
-    """Bars (mean over seeds) with every seed as a dot: novel view, self-reenactment, gap.
+    """Bars (mean over seeds) with every seed as a dot: novel view, self-reenactment and the
+    face region of self-reenactment (the gap for records without regions).
 
     Returns a matplotlib figure, or None when the profile has no stored ablation.
     """
@@ -634,8 +649,11 @@ def ablation_figure(profile_name: str, variants: list[str] | None = None, experi
         return None
     t = res["table"]
     names = [v for v in (variants or list(t)) if v in t]
+    third = ("self_reenactment_psnr_face", "self-reenactment, face: PSNR (dB)")
+    if not all(third[0] in t[n] for n in names):  # older records: no face region
+        third = ("gap_psnr", "gap = novel - self (dB)")
     keys = (("novel_view_psnr", "novel views: PSNR (dB)"), ("self_reenactment_psnr", "self-reenactment: PSNR (dB)"),
-            ("gap_psnr", "gap = novel - self (dB)"))
+            third)
     fig, axes = plt.subplots(1, 3, figsize=(12, 0.5 + 0.45 * len(names) + 1.0), sharey=True)
     y = np.arange(len(names))
     for ax, (key, title) in zip(axes, keys):
@@ -685,9 +703,10 @@ def comparison_table(profile_name: str, pairs: list[tuple[str, str, str]], exper
                          ("self_reenactment_psnr_face", "self-reen., face"),
                          ("self_reenactment_psnr_full", "self-reen., full image"),
                          ("novel_view_psnr", "novel view"))) -> str:
-    """``a`` minus ``b`` for each ``(a, b, label)``, paired by seed, as a Markdown table:
-    mean, 95 % interval and the paired t-test's p (uncorrected; chapter 8's claims table
-    corrects for the number of claims). Empty when the profile has no stored results."""
+    """``a`` minus ``b`` for each ``(a, b, label)``, paired by seed, as a Markdown table: one
+    row per comparison, one column per metric of ``keys`` with the mean, its 95 % interval
+    and the paired t-test's p (uncorrected; chapter 8's claims table corrects for the
+    number of claims). Empty when the profile has no stored results."""
     from npga.book.tools import markdown_table
 
     res = load_results(profile_name, experiment)
@@ -696,17 +715,21 @@ def comparison_table(profile_name: str, pairs: list[tuple[str, str, str]], exper
     t = res["table"]
     rows = []
     for a, b, label in pairs:
+        row = {"comparison": f"{label} ({a} - {b})"}
         if a not in t or b not in t:
-            rows.append({"comparison": label, "a - b": f"{a} - {b}", "metric": "not in the results yet"})
+            row[keys[0][1]] = "not in the results yet"
+            rows.append(row)
             continue
         for key, short in keys:
             if key not in t[a] or key not in t[b]:
                 continue
             d = paired_difference(t, a, b, key)
-            rows.append({"comparison": label, "a - b": f"{a} - {b}", "metric": f"{short} PSNR",
-                         "mean (dB)": f"{d['mean']:+.2f}", "95 % CI (dB)": f"[{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]",
-                         "seeds": f"{', '.join(f'{x:+.2f}' for x in d['values'])}", "p": f"{d['p']:.3f}"})
-    return markdown_table(rows, text=True) if rows else ""
+            row[f"{short} PSNR"] = f"{d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}], p {format_p(d['p'])}"
+        rows.append(row)
+    if not rows:
+        return ""
+    return (markdown_table(rows, text=True) + "\n\nEach cell: mean difference in dB over the paired seeds "
+            "[95 % confidence interval], paired t-test p (not corrected for the number of comparisons).")
 
 
 def chapter_table(profile_name: str, variants: list[str] | None = None) -> str:
