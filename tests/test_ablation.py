@@ -198,6 +198,11 @@ def test_shards_partition_the_runs_and_merge_into_one_table(tmp_path, monkeypatc
     write_shard(1, [run_record(*j) for j in shards[1][:-1]], complete=False)
     with pytest.raises(SystemExit, match="not complete"):
         ab.merge("toy")
+    # a run stopped for lack of time: --partial keeps what finished and names what did not
+    part = ab.merge("toy", partial=True)
+    assert part["complete"] is False and part["missing"] == [list(shards[1][-1])]
+    assert len(part["runs"]) == len(everything) - 1
+    assert "INCOMPLETE" in ab.chapter_table("toy") and f"{shards[1][-1][0]} seed {shards[1][-1][1]}" in ab.chapter_table("toy")
     write_shard(1, [run_record(*j) for j in shards[1][:-1]])
     with pytest.raises(SystemExit, match="missing"):
         ab.merge("toy")

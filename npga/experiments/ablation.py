@@ -362,10 +362,12 @@ def jobs(variants, seeds, shard: str | None = None) -> list[tuple[str, int]]:
     return all_jobs[i::n]
 
 
-def merge(profile_name: str, command: str = "", experiment: str = "ablation") -> dict:
+def merge(profile_name: str, command: str = "", experiment: str = "ablation", partial: bool = False) -> dict:
     """Combine the shard files of a profile into ``ablation_{profile}.json`` / ``.md``.
 
-    Refuses when shards disagree on settings, a shard is incomplete, or a run is missing.
+    Refuses when shards disagree on settings, a shard is incomplete, or a run is missing;
+    with ``partial`` (``--merge --partial``: a run stopped for lack of time) it records the
+    finished runs, lists the missing ones under ``missing`` and marks the result incomplete.
     """
 
     paths = sorted((RESULTS / "shards").glob(f"{experiment}_{profile_name}.shard*of*.json"))
@@ -374,7 +376,7 @@ def merge(profile_name: str, command: str = "", experiment: str = "ablation") ->
     parts = [json.loads(p.read_text()) for p in paths]
     keys = ("seeds", "iterations", "avatar_overrides", "eval_frames", "variants")
     for p, r in zip(paths, parts):
-        if not r.get("complete"):
+        if not r.get("complete") and not partial:
             raise SystemExit(f"{p}: shard not complete ({len(r['runs'])} runs so far)")
         for k in keys:
             if r[k] != parts[0][k]:
@@ -382,13 +384,14 @@ def merge(profile_name: str, command: str = "", experiment: str = "ablation") ->
     order = {j: n for n, j in enumerate(jobs(parts[0]["variants"], parts[0]["seeds"]))}
     runs = sorted((run_ for r in parts for run_ in r["runs"]), key=lambda r_: order[(r_["name"], r_["seed"])])
     missing = set(order) - {(r["name"], r["seed"]) for r in runs}
-    if missing:
+    if missing and not partial:
         raise SystemExit(f"runs missing from the shards: {sorted(missing)}")
     res = dict(parts[0])
     res.update(
         command=" ; ".join([r["command"] for r in parts] + ([command] if command else [])),
         machine=" | ".join(dict.fromkeys(r["machine"] for r in parts)),
-        date=max(r["date"] for r in parts), runs=runs, table=summarise(runs), complete=True,
+        date=max(r["date"] for r in parts), runs=runs, table=summarise(runs), complete=not missing,
+        missing=[list(m) for m in sorted(missing)],
         total_seconds=max(r["total_seconds"] for r in parts),
         parallel_shards=len(parts), shard=None,
     )
@@ -468,6 +471,8 @@ def main(argv=None) -> None:
                     help="run every N-th (variant, seed) from I into benchmarks/results/shards/; "
                          "start N processes (one per core), then --merge")
     ap.add_argument("--merge", action="store_true", help="combine the profile's shard files into the table")
+    ap.add_argument("--partial", action="store_true",
+                    help="with --merge: accept unfinished shards, record the missing runs, mark incomplete")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (the pair-list rasterizer is fastest on one; see render_cpu.json)")
@@ -475,7 +480,7 @@ def main(argv=None) -> None:
     P = get_profile(args.profile)
     cmd = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.merge:
-        print(to_markdown(merge(P.name, command=cmd.strip(), experiment=args.experiment)))
+        print(to_markdown(merge(P.name, command=cmd.strip(), experiment=args.experiment, partial=args.partial)))
         return
     if P.device == "cpu":
         torch.set_num_threads(args.threads)
@@ -614,18 +619,18 @@ def claims_table(profile_name: str) -> str:
     """:func:`claim_verdicts` as a markdown table (the chapters show it as HTML)."""
     rows = []
     for v in claim_verdicts(profile_name):
+        claim = f"{v['claim']} ({v['a']} - {v['b']})"
         if "difference" not in v:
-            rows.append({"claim": v["claim"], "a - b": f"{v['a']} - {v['b']}", "verdict": v["verdict"]})
+            rows.append({"claim (a - b)": claim, "verdict": v["verdict"]})
             continue
-        sec = "; ".join(f"{k} {d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]"
-                        for k, d in v["secondary"].items())
+        sec = ", ".join(f"{k} {d['mean']:+.2f}" for k, d in v["secondary"].items())
         rows.append({
-            "claim": v["claim"], "a - b": f"{v['a']} - {v['b']}",
-            "self-reen. PSNR (dB)": f"{v['difference']:+.2f}",
-            "95 % CI": f"[{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}]",
-            "p": format_p(v["p"]), "Holm p": format_p(v["p_holm"]), "verdict": v["verdict"],
-            "secondary (dB, 95 % CI)": sec or "-",
-            "paper a - b (quoted)": paper_difference(v["a"], v["b"]),
+            "claim (a - b)": claim,
+            "self-reen. PSNR, dB [95 % CI]": f"{v['difference']:+.2f} [{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}]",
+            "p (Holm)": f"{format_p(v['p'])} ({format_p(v['p_holm'])})",
+            "verdict": v["verdict"],
+            "also, dB": sec or "-",
+            "paper a - b": paper_difference(v["a"], v["b"]),
         })
     from npga.book.tools import markdown_table
 
@@ -633,7 +638,8 @@ def claims_table(profile_name: str) -> str:
     n = next((v["n_seeds"] for v in verdicts if "n_seeds" in v), 0)
     return (markdown_table(rows, text=True) + f"\n\nPaired over {n} seeds (optimisation noise of one "
             f"participant, not subjects); Holm's correction over the {sum('p' in v for v in verdicts)} claims "
-            f"that ran; no effect of interest = the whole interval within ±{SESOI_DB} dB.")
+            f"that ran; no effect of interest = the whole interval within ±{SESOI_DB} dB. \"also\": the same "
+            "difference in the face region and on the full image. Paper: NPGA's ablation, quoted (NeRSemble).")
 
 
 def ablation_figure(profile_name: str, variants: list[str] | None = None, experiment: str = "ablation"):
@@ -765,7 +771,9 @@ def chapter_table(profile_name: str, variants: list[str] | None = None) -> str:
              "alpha unless \"full image\". *Quoted from NPGA's ablation, on NeRSemble at 550 x 802 "
              "(not SynthHead): compare directions, not values."]
     if not res.get("complete", True):
-        notes.append(f"INCOMPLETE: {len(res['runs'])} runs so far; variants missing from the table are not done yet.")
+        miss = ", ".join(f"{v} seed {s_}" for v, s_ in res.get("missing", []))
+        notes.append(f"INCOMPLETE: {len(res['runs'])} runs" + (f"; not run: {miss}" if miss else
+                     "; variants missing from the table are not done yet") + ".")
     cap = (res.get("avatar_overrides") or {}).get("max_gaussians")
     notes.append(f"{len(res['seeds'])} seeds, {res['iterations']} steps per run, overrides "
                  f"{res.get('avatar_overrides') or 'none'}" + (f" (Gaussian cap {cap})" if cap else "")
