@@ -19,7 +19,7 @@ export PYTHONUNBUFFERED := 1
 # 10-20x slower (measured here). `make test` uses both cores through two pytest workers.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: book test data venv clean clean-data
+.PHONY: book test data venv clean clean-data assignments
 
 venv: $(STAMP)
 
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
-	@$(PY) -m pip install -q -e ".[book,test]"
+	@$(PY) -m pip install -q -e ".[book,test,course]"
 	@touch $(STAMP)
 
 data: $(STAMP)
@@ -49,6 +49,11 @@ test: $(STAMP)
 	@# locally, an error under CI)
 	$(PY) -m npga.book.runner --profile mini
 	$(PY) -m npga.book.check_html
+
+# Course assignments (README, "For instructors"): student and autograder editions of every
+# master in assignments/, in _build/assignments/{student,autograder}/NAME/.
+assignments: $(STAMP)
+	$(PY) -m npga.book.assignments build
 
 clean:
 	rm -rf _build

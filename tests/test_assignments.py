@@ -1,0 +1,113 @@
+"""Course assignments (npga.book.assignments): both editions, and grading them gives what it should.
+
+Builds every master in assignments/ with otter-grader (the `course` extra, which make
+installs), then grades the solved edition (full marks), the untouched student edition (zero,
+with a message per question) and a notebook with typical wrong answers (the messages name the
+mistake).
+"""
+
+import csv
+import json
+
+import pytest
+
+from npga.book import assignments as asg
+
+MASTER = asg.MASTERS / "ch02_splatting.ipynb"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("assignments")
+    return asg.build(MASTER, out)
+
+
+def _answer(nb_path, out_path, answers: dict[str, str]) -> None:
+    """A copy of a student notebook with the cells defining these functions replaced."""
+    nb = json.loads(nb_path.read_text())
+    for cell in nb["cells"]:
+        src = "".join(cell["source"])
+        for fn, code in answers.items():
+            if cell["cell_type"] == "code" and f"def {fn}(" in src:
+                cell["source"] = code.splitlines(keepends=True)
+    out_path.write_text(json.dumps(nb))
+
+
+def test_the_solutions_score_full_marks(built):
+    res = asg.grade_one(built["autograder"], built["autograder"] / MASTER.name)
+    assert res["questions"], "no graded questions"
+    for name, (score, max_score, output) in res["questions"].items():
+        assert max_score > 0 and score == max_score, f"{name}: {score}/{max_score}\n{output}"
+
+
+def test_the_untouched_student_edition_scores_zero_and_says_why(built):
+    student = built["student"] / MASTER.name
+    res = asg.grade_one(built["autograder"], student)
+    assert set(res["questions"]) == {"q1", "q2", "q3"}
+    for name, (score, _, output) in res["questions"].items():
+        assert score == 0, f"{name} scored {score} without an answer"
+        assert "❌" in output or "failed" in output.lower(), output
+    # the student edition keeps the public checks and drops every solution line
+    text = student.read_text()
+    assert "grader.check" in text
+    for line in ("M @ M.transpose(-1, -2)", "-c1 * y, c1 * z, -c1 * x", "if T * (1 - a) <= 1e-4"):
+        assert line not in text, f"solution code left in the student edition: {line!r}"
+
+
+def test_typical_mistakes_fail_with_the_message_that_names_them(built, tmp_path):
+    sub = tmp_path / "wrong.ipynb"
+    _answer(built["student"] / MASTER.name, sub, {
+        # R^T S^2 R: the rotation on the wrong side
+        "my_covariance": (
+            "def my_covariance(quats, log_scales):\n"
+            "    R = G.quat_to_rotmat(quats / quats.norm(dim=-1, keepdim=True))\n"
+            "    return R.transpose(-1, -2) @ torch.diag_embed((2 * log_scales).exp()) @ R\n"
+        ),
+        # +C1 y instead of -C1 y
+        "my_sh_basis": (
+            "def my_sh_basis(dirs):\n"
+            "    c0, c1 = 1 / (2 * math.sqrt(math.pi)), math.sqrt(3) / (2 * math.sqrt(math.pi))\n"
+            "    x, y, z = dirs.unbind(-1)\n"
+            "    return torch.stack([torch.full_like(x, c0), c1 * y, c1 * z, -c1 * x], dim=-1)\n"
+        ),
+        # no early stop
+        "composite_pixel": (
+            "def composite_pixel(colors, alphas):\n"
+            "    C, T = torch.zeros(3), 1.0\n"
+            "    for c, a in zip(colors, alphas):\n"
+            "        a = min(float(a), 0.999)\n"
+            "        if a >= 1 / 255:\n"
+            "            C, T = C + a * T * c, T * (1 - a)\n"
+            "    return C, 1 - T\n"
+        ),
+    })
+    res = asg.grade_one(built["autograder"], sub)["questions"]
+    assert res["q1"][0] < res["q1"][1] and "rotation goes on the left" in res["q1"][2], res["q1"][2]
+    assert res["q2"][0] == 0 and "column 1 (-C1 y) has the wrong sign" in res["q2"][2], res["q2"][2]
+    assert res["q3"][0] == 0 and "early stop" in res["q3"][2], res["q3"][2]
+
+
+def test_grading_a_folder_writes_one_csv_row_per_submission(built, tmp_path):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "alice.ipynb").write_text((built["autograder"] / MASTER.name).read_text())
+    (subs / "bob.ipynb").write_text((built["student"] / MASTER.name).read_text())
+    path = asg.grade(built["autograder"], subs)
+    rows = {r["file"]: r for r in csv.DictReader(path.open())}
+    assert set(rows) == {"alice.ipynb", "bob.ipynb"}
+    assert float(rows["alice.ipynb"]["total"]) == float(rows["alice.ipynb"]["max"]) > 0
+    assert float(rows["bob.ipynb"]["total"]) == 0
+    with pytest.raises(FileNotFoundError, match="no submissions"):
+        asg.grade(built["autograder"], tmp_path / "empty_dir_that_is_missing")
+
+
+def test_a_master_whose_solutions_fail_does_not_build(tmp_path):
+    nb = json.loads(MASTER.read_text())
+    for cell in nb["cells"]:
+        if "def my_sh_basis(" in "".join(cell["source"]):
+            cell["source"] = ["def my_sh_basis(dirs):\n", "    return dirs\n"]
+    bad = tmp_path / "broken.ipynb"
+    bad.write_text(json.dumps(nb))
+    with pytest.raises(RuntimeError, match="otter assign broken.ipynb failed"):
+        asg.build(bad, tmp_path / "out")
+    assert not (tmp_path / "out" / "student" / "broken").exists()
