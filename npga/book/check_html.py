@@ -128,9 +128,7 @@ def analyse_dom(dom: str) -> tuple[int, list[str], int]:
         problems.append("the overflow check did not run (no data-npga-overflow on <body>)")
     elif m.group(1) not in ("", "0"):
         problems.append(f"wider than the content column: {html_lib.unescape(m.group(1))}")
-    players = 0
-    for anim in re.finditer(r"new Animation\(frames", dom):
-        players += 1
+    players = len(re.findall(r"new Animation\(frames", dom))
     n_frames = len(re.findall(r"frames\[\d+\]\s*=", dom))
     if players and n_frames < 2 * players:
         problems.append(f"{players} player(s) but only {n_frames} frame(s)")

@@ -617,8 +617,9 @@ def paper_difference(a: str, b: str, key: str = "self_reenactment_psnr") -> str:
 
 def claims_table(profile_name: str) -> str:
     """:func:`claim_verdicts` as a markdown table (the chapters show it as HTML)."""
+    verdicts = claim_verdicts(profile_name)  # one read of the results file
     rows = []
-    for v in claim_verdicts(profile_name):
+    for v in verdicts:
         claim = f"{v['claim']} ({v['a']} - {v['b']})"
         if "difference" not in v:
             rows.append({"claim (a - b)": claim, "verdict": v["verdict"]})
@@ -634,7 +635,6 @@ def claims_table(profile_name: str) -> str:
         })
     from npga.book.tools import markdown_table
 
-    verdicts = claim_verdicts(profile_name)
     n = next((v["n_seeds"] for v in verdicts if "n_seeds" in v), 0)
     return (markdown_table(rows, text=True) + f"\n\nPaired over {n} seeds (optimisation noise of one "
             f"participant, not subjects); Holm's correction over the {sum('p' in v for v in verdicts)} claims "
