@@ -36,3 +36,19 @@ def head24():
     from npga.capture.synthetic import SynthHead, sample_identity
 
     return SynthHead(sample_identity(1), 24)
+
+
+@pytest.fixture(scope="session")
+def assignment_editions(tmp_path_factory):
+    """``editions(name)``: both editions of assignments/NAME.ipynb, built once per session
+    (per xdist worker) by npga.book.assignments.build (otter assign takes ~15 s each)."""
+    from npga.book import assignments as asg
+
+    root, built = tmp_path_factory.mktemp("assignment_editions"), {}
+
+    def editions(name: str) -> dict:
+        if name not in built:
+            built[name] = asg.build(asg.MASTERS / f"{name}.ipynb", root)
+        return built[name]
+
+    return editions

@@ -14,32 +14,22 @@ import pytest
 from npga.book import assignments as asg
 
 MASTER = asg.MASTERS / "ch02_splatting.ipynb"
-# a distinctive line of each master's solutions: none may survive into the student edition
-SOLUTION_LINES = {
-    "ch02_splatting": ("M @ M.transpose(-1, -2)", "-c1 * y, c1 * z, -c1 * x", "if T * (1 - a) <= 1e-4"),
-    "ch06_laplacian": ('d.fill_diagonal_(float("inf"))', "values - values[nbrs].mean(dim=1)",
-                       "my_graph_laplacian(values, nbrs).pow(2).sum(-1).mean()"),
-}
 
 
-def test_every_master_is_tested():
-    assert {m.stem for m in asg.masters()} == set(SOLUTION_LINES)
+def test_every_master_has_solutions_to_hide():
+    """Each master's solutions are what the student-edition check below searches for."""
+    for m in asg.masters():
+        assert len(asg.solution_lines(m)) >= 3, f"{m.name}: fewer than 3 solution lines found"
 
 
 @pytest.fixture(scope="module")
-def editions(tmp_path_factory):
-    out = tmp_path_factory.mktemp("assignments")
-    return {m.stem: asg.build(m, out) for m in asg.masters()}
+def built(assignment_editions):
+    return assignment_editions(MASTER.stem)
 
 
-@pytest.fixture(scope="module")
-def built(editions):
-    return editions[MASTER.stem]
-
-
-@pytest.mark.parametrize("name", sorted(SOLUTION_LINES))
-def test_each_master_solutions_full_marks_student_edition_zero(editions, name):
-    e = editions[name]
+@pytest.mark.parametrize("name", [m.stem for m in asg.masters()])
+def test_each_master_solutions_full_marks_student_edition_zero(assignment_editions, name):
+    e = assignment_editions(name)
     full = asg.grade_one(e["autograder"], e["autograder"] / f"{name}.ipynb")["questions"]
     assert full and all(sc == mx > 0 for sc, mx, _ in full.values()), full
     student = e["student"] / f"{name}.ipynb"
@@ -49,14 +39,14 @@ def test_each_master_solutions_full_marks_student_edition_zero(editions, name):
         assert "failed" in output.lower() and "Error" in output, f"{name} {q}: {output}"
     text = student.read_text()
     assert "grader.check" in text
-    for line in SOLUTION_LINES[name]:
+    for line in asg.solution_lines(asg.MASTERS / f"{name}.ipynb"):
         assert line not in text, f"solution code left in the student edition of {name}: {line!r}"
 
 
-def test_laplacian_mistakes_are_named(editions, tmp_path):
-    e = editions["ch06_laplacian"]
+def test_laplacian_mistakes_are_named(assignment_editions, tmp_path):
+    e = assignment_editions("ch06_laplacian")
     sub = tmp_path / "wrong6.ipynb"
-    _answer(e["student"] / "ch06_laplacian.ipynb", sub, {
+    asg.answered(e["student"] / "ch06_laplacian.ipynb", sub, {
         "my_knn": ("def my_knn(points, k):\n"
                    "    return torch.cdist(points, points).topk(k, dim=1, largest=False).indices\n"),
         "my_graph_laplacian": ("def my_graph_laplacian(values, nbrs):\n"
@@ -70,20 +60,9 @@ def test_laplacian_mistakes_are_named(editions, tmp_path):
     assert res["q3"][0] == 0 and "squared" in res["q3"][2], res["q3"][2]
 
 
-def _answer(nb_path, out_path, answers: dict[str, str]) -> None:
-    """A copy of a student notebook with the cells defining these functions replaced."""
-    nb = json.loads(nb_path.read_text())
-    for cell in nb["cells"]:
-        src = "".join(cell["source"])
-        for fn, code in answers.items():
-            if cell["cell_type"] == "code" and f"def {fn}(" in src:
-                cell["source"] = code.splitlines(keepends=True)
-    out_path.write_text(json.dumps(nb))
-
-
 def test_typical_mistakes_fail_with_the_message_that_names_them(built, tmp_path):
     sub = tmp_path / "wrong.ipynb"
-    _answer(built["student"] / MASTER.name, sub, {
+    asg.answered(built["student"] / MASTER.name, sub, {
         # R^T S^2 R: the rotation on the wrong side
         "my_covariance": (
             "def my_covariance(quats, log_scales):\n"
@@ -138,3 +117,24 @@ def test_a_master_whose_solutions_fail_does_not_build(tmp_path):
     with pytest.raises(RuntimeError, match="otter assign broken.ipynb failed"):
         asg.build(bad, tmp_path / "out")
     assert not (tmp_path / "out" / "student" / "broken").exists()
+
+
+def test_chapter_exercise_shows_the_question_and_checks_its_solution(tmp_path, monkeypatch):
+    """npga.book.assignments.exercise: what a chapter displays for a graded question."""
+    text, folded = asg.exercise("ch02_splatting", "q3", "2.3")
+    assert text.data.startswith("**Exercise 2.3: ") and "Question" not in text.data.split("\n")[0]
+    assert "question 3 of `assignments/ch02_splatting.ipynb`" in text.data
+    assert folded.data.startswith("<details") and "composite_pixel" in folded.data
+    assert "BEGIN SOLUTION" not in folded.data
+    with pytest.raises(KeyError, match="has no question 'q9'"):
+        asg.exercise("ch02_splatting", "q9", "2.9")
+    # a master whose solution no longer passes its test: the chapter's run must stop
+    nb = json.loads(MASTER.read_text())
+    for cell in nb["cells"]:
+        if "def my_sh_basis(" in "".join(cell["source"]):
+            cell["source"] = ["def my_sh_basis(dirs):\n", "    return dirs\n"]
+    (tmp_path / MASTER.name).write_text(json.dumps(nb))
+    monkeypatch.setattr(asg, "MASTERS", tmp_path)
+    asg.exercise("ch02_splatting", "q1", "2.1")  # q1 is untouched and still passes
+    with pytest.raises(AssertionError, match="instructors' solution fails its test"):
+        asg.exercise("ch02_splatting", "q2", "2.2")

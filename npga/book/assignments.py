@@ -30,10 +30,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from npga.config import REPO_ROOT
@@ -57,6 +59,121 @@ def masters(root: Path = MASTERS) -> list[Path]:
     return sorted(p for p in root.glob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
 
+def solution_lines(master: Path, min_chars: int = 16) -> list[str]:
+    """The distinctive lines of a master's solutions (between ``# BEGIN SOLUTION`` and
+    ``# END SOLUTION`` inside code cells): none may survive into the student edition.
+
+    Lines shorter than ``min_chars`` (``return x``, ``pass``) are skipped: they could appear
+    in a student edition's own scaffolding.
+    """
+    nb = json.loads(master.read_text())
+    lines, inside = [], False
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        for line in "".join(cell["source"]).splitlines():
+            tag = line.strip()
+            if tag == "# BEGIN SOLUTION":
+                inside = True
+            elif tag == "# END SOLUTION":
+                inside = False
+            elif inside and len(tag) >= min_chars and not tag.startswith("#"):
+                lines.append(tag)
+    return lines
+
+
+@dataclass
+class Question:
+    """One question of a master: what the student reads, the instructors' answer, its tests."""
+
+    name: str  # "q1"
+    points: float
+    text: str  # the question's markdown
+    solution: str  # the solution cell, BEGIN/END SOLUTION markers removed
+    tests: list[str]  # the test cells (each defines a test function and calls it)
+
+
+def _config(raw: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(raw.split("\n", 1)[1]) or {}
+
+
+def questions(master: Path) -> tuple[list[str], list[Question]]:
+    """The setup code cells (outside any question) and the questions of a master, in order."""
+    nb = json.loads(master.read_text())
+    setup, out, cur, region = [], [], None, None
+    for cell in nb["cells"]:
+        src = "".join(cell["source"])
+        head = src.strip().split("\n", 1)[0].strip()
+        if cell["cell_type"] == "raw":
+            if head == "# BEGIN QUESTION":
+                cfg = _config(src)
+                cur = Question(str(cfg["name"]), float(cfg.get("points", 1)), "", "", [])
+            elif head == "# END QUESTION":
+                out.append(cur)
+                cur = None
+            elif head in ("# BEGIN SOLUTION", "# BEGIN TESTS"):
+                region = head.split()[-1]
+            elif head in ("# END SOLUTION", "# END TESTS"):
+                region = None
+            continue
+        if cur is None:
+            if cell["cell_type"] == "code":
+                setup.append(src)
+        elif cell["cell_type"] == "markdown" and region is None:
+            cur.text += src
+        elif region == "SOLUTION":
+            cur.solution = "\n".join(
+                ln for ln in src.splitlines() if ln.strip() not in ("# BEGIN SOLUTION", "# END SOLUTION"))
+        elif region == "TESTS":
+            cur.tests.append(src)
+    return setup, out
+
+
+def _highlighted(code: str) -> str:
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+
+    return highlight(code, PythonLexer(), HtmlFormatter(noclasses=True, nowrap=False))
+
+
+def exercise(name: str, question: str, number: str):
+    """A chapter's view of one graded question: its text as "Exercise ``number``", and the
+    instructors' solution folded in a <details> dropdown (a dropdown in Jupyter and in the
+    book alike).
+
+    Runs the master's setup, the solutions of every question up to this one (later answers
+    may use earlier ones) and this question's tests first, so the chapter's own run checks
+    that the solution still passes against today's package; raises AssertionError if not.
+    """
+    from IPython.display import HTML, Markdown
+
+    master = MASTERS / f"{name}.ipynb"
+    setup, qs = questions(master)
+    names = [q.name for q in qs]
+    if question not in names:
+        raise KeyError(f"{master.name} has no question {question!r} (it has {names})")
+    ns: dict = {"__name__": f"assignment_{name}"}
+    for code in setup:
+        exec(compile(code, f"{master.name}:setup", "exec"), ns)
+    for q in qs[: names.index(question) + 1]:
+        exec(compile(q.solution, f"{master.name}:{q.name}", "exec"), ns)
+    q = qs[names.index(question)]
+    for t in q.tests:
+        try:
+            exec(compile(t, f"{master.name}:{q.name} tests", "exec"), dict(ns))
+        except AssertionError as e:
+            raise AssertionError(f"{master.name} {q.name}: the instructors' solution fails its test: {e}") from e
+    text = re.sub(r"^\*\*Question \d+:?\s*", f"**Exercise {number}: ", q.text.strip(), count=1)
+    note = (f"\n\n*Graded: question {q.name[1:]} of `assignments/{name}.ipynb` "
+            f"({q.points:g} point{'s' if q.points != 1 else ''}; the README's \"For instructors\").*")
+    folded = ("<details class=\"npga-solution\"><summary>Solution (checked against the package when "
+              f"this chapter runs)</summary>{_highlighted(q.solution.strip())}</details>")
+    return Markdown(text + note), HTML(folded)
+
+
 def build(master: Path, out: Path = OUT) -> dict[str, Path]:
     """Both editions of one master (see the module docstring); returns their paths.
 
@@ -77,6 +194,19 @@ def build(master: Path, out: Path = OUT) -> dict[str, Path]:
             shutil.move(str(Path(tmp) / edition), dst)
             paths[edition] = dst
     return paths
+
+
+def answered(notebook: Path, out: Path, answers: dict[str, str]) -> Path:
+    """A copy of a (student) notebook with the code cells that define these functions
+    replaced by the given code: a submission with known answers, to test the tests."""
+    nb = json.loads(notebook.read_text())
+    for cell in nb["cells"]:
+        src = "".join(cell["source"])
+        for fn, code in answers.items():
+            if cell["cell_type"] == "code" and f"def {fn}(" in src:
+                cell["source"] = code.splitlines(keepends=True)
+    out.write_text(json.dumps(nb))
+    return out
 
 
 def autograder_zip(folder: Path) -> Path:

@@ -319,7 +319,8 @@ def machine() -> str:
 
 
 def results_path(profile_name: str, ext: str = "json", experiment: str = "ablation") -> Path:
-    """``benchmarks/results/{experiment}_{profile}.{ext}`` (experiments: ``ablation``, ``pose``)."""
+    """``benchmarks/results/{experiment}_{profile}.{ext}`` (experiments: ``ablation``, ``pose``,
+    ``detail_fit``)."""
     return RESULTS / f"{experiment}_{profile_name}.{ext}"
 
 
@@ -329,13 +330,14 @@ def load_results(profile_name: str, experiment: str = "ablation") -> dict | None
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def write_table(profile_name: str, res: dict, experiment: str = "ablation") -> None:
-    """Write ``{experiment}_{profile}.json`` and its markdown table, each atomically."""
+def write_table(profile_name: str, res: dict, experiment: str = "ablation", markdown: str | None = None) -> None:
+    """Write ``{experiment}_{profile}.json`` and its markdown table (``markdown``, or the
+    ablation's :func:`to_markdown`), each atomically."""
     from npga.io import atomic_write, write_json
 
     write_json(results_path(profile_name, experiment=experiment), res)
     with atomic_write(results_path(profile_name, "md", experiment), "w") as f:
-        f.write(to_markdown(res))
+        f.write(markdown if markdown is not None else to_markdown(res))
 
 
 def shard_path(profile_name: str, shard: str, experiment: str = "ablation") -> Path:

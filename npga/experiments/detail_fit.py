@@ -1,0 +1,320 @@
+"""Chapter 5's isolating experiment: can G represent sharp motion without per-Gaussian features?
+
+NPGA (Sec. 4.2) argues that an MLP on a positional encoding of the canonical position is
+band-limited (and, trained by gradient descent, biased towards smooth functions), so it blurs
+motion that changes abruptly between neighbouring points: the upper and the lower lip, which
+touch in the neutral face and move apart when the jaw opens; an eyelid fold over the eyeball.
+Per-Gaussian features f_i can differ arbitrarily between neighbours.
+
+The avatar experiments mix this with rendering, tracking and density control. This one asks
+the question alone, against SynthHead's ground truth:
+
+* points: the ground-truth mesh vertices of the face (skin and eyelids, front of the head)
+  of the neutral expression, standing in for canonical Gaussians;
+* targets: their ground-truth motion d_i(z) = V_i(z) - V_i(0) for random expressions z
+  (SynthHead's generator, :func:`npga.capture.synthetic.head.sample_expression`), training
+  and held-out expressions drawn separately;
+* models: the avatar's own detail network :class:`npga.avatar.dynamics.DetailNetwork`
+  (the profile's width, depth and octaves; the true codes as input, so tracking plays no
+  part), vanilla (``feature_dim = 0``) against +features (the profile's ``feature_dim``,
+  learned jointly at the avatar's feature learning rate), fitted by Adam to the training
+  expressions with the same steps and learning rates;
+* metric: the RMS position error (mm) on the held-out expressions, over all points and over
+  the *sharp* points: the 10 % whose ground-truth motion differs most from the mean motion of
+  their k nearest neighbours (the norm of the uniform graph Laplacian of d, averaged over the
+  training expressions). The sharp set is defined by the ground truth, not by either model.
+
+Here F is left out (G fits the whole motion, as if the prior had learned nothing): the
+question is only whether the encoding can represent a jump between neighbours; an F
+distilled from a smooth head model removes the smooth part and leaves the same jumps.
+
+    python -m npga.experiments.detail_fit --profile cpu --seeds 0 1 2 3 4
+
+writes ``benchmarks/results/detail_fit_{profile}.json`` and ``.md``; chapter 5 runs the mini
+profile live and loads the stored cpu record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from npga.avatar.dynamics import DetailNetwork
+from npga.avatar.regularizers import graph_laplacian, knn_graph
+from npga.avatar.train import TrainConfig
+from npga.config import Profile, get_profile
+
+EXPERIMENT = "detail_fit"
+FACE_PARTS = ("skin", "eyelid_l", "eyelid_r")
+VARIANTS = ("vanilla", "features")
+KEYS = (("heldout_rms_mm", "held-out, all points"), ("heldout_sharp_rms_mm", "held-out, sharp points"),
+        ("train_sharp_rms_mm", "training, sharp points"))
+
+
+@dataclass
+class DetailFitConfig:
+    """Sizes of the experiment (``for_profile`` scales them; the defaults are cpu's)."""
+
+    n_train: int = 48  # training expressions
+    n_test: int = 24  # held-out expressions
+    steps: int = 2000  # Adam steps per fit
+    batch: int = 4  # expressions per step (all points of each)
+    knn: int = 6  # neighbours of the sharpness measure
+    sharp_fraction: float = 0.1  # the sharpest points, by ground truth
+    point_stride: int = 1  # keep every k-th face vertex (mini: fewer points)
+    data_seed: int = 0  # the expressions (shared by every seed: seeds vary the fits)
+
+    @classmethod
+    def for_profile(cls, profile: Profile) -> "DetailFitConfig":
+        if profile.name == "mini":  # live in chapter 5: about 40 s on one core
+            return cls(n_train=32, n_test=16, steps=1000, batch=2, point_stride=4)
+        return cls()
+
+
+@dataclass
+class MotionData:
+    """Canonical points, their true motion under training and held-out expressions."""
+
+    points: Tensor  # (N, 3) neutral positions, metres
+    z_train: Tensor  # (Kt, E) expression codes
+    d_train: Tensor  # (Kt, N, 3) true motion, metres
+    z_test: Tensor  # (Kh, E)
+    d_test: Tensor  # (Kh, N, 3)
+    sharpness: Tensor  # (N,) mean |L d| over the training expressions, metres
+    sharp: Tensor  # (N,) bool: the sharpest sharp_fraction of the points
+    parts: np.ndarray  # (N,) SynthHead part index of each point
+
+
+def motion_data(head, cfg: DetailFitConfig) -> MotionData:
+    """The points and targets of the experiment from a :class:`SynthHead` (its ground truth)."""
+    from npga.capture.synthetic import PART_NAMES
+    from npga.capture.synthetic.head import EXPRESSION_NAMES, sample_expression
+
+    pov = np.asarray(head.part_of_vertex)
+    v0 = head.vertices(np.zeros(len(EXPRESSION_NAMES)))
+    face = np.isin(pov, [PART_NAMES.index(n) for n in FACE_PARTS])
+    # the front of the head, above the chin's underside (head space: +z forward, +y up)
+    idx = np.where(face & (v0[:, 2] > 0.0) & (v0[:, 1] > -0.09))[0][:: cfg.point_stride]
+    if len(idx) < 2 * cfg.knn:
+        raise ValueError(f"only {len(idx)} face points in this SynthHead: too few for the experiment")
+    rng = np.random.default_rng(cfg.data_seed)
+    z_tr = np.stack([sample_expression(rng) for _ in range(cfg.n_train)])
+    z_te = np.stack([sample_expression(rng) for _ in range(cfg.n_test)])
+
+    def motion(zs):
+        return torch.tensor(np.stack([head.vertices(z)[idx] - v0[idx] for z in zs]), dtype=torch.float32)
+
+    pts = torch.tensor(v0[idx], dtype=torch.float32)
+    d_tr = motion(z_tr)
+    nbrs = knn_graph(pts, cfg.knn)
+    sharpness = torch.stack([graph_laplacian(d, nbrs).norm(dim=-1) for d in d_tr]).mean(0)
+    sharp = sharpness >= torch.quantile(sharpness, 1.0 - cfg.sharp_fraction)
+    return MotionData(pts, torch.tensor(z_tr, dtype=torch.float32), d_tr, torch.tensor(z_te, dtype=torch.float32),
+                      motion(z_te), sharpness, sharp, pov[idx])
+
+
+def synth_head(profile: Profile, participant: int = 0):
+    """Participant ``participant``'s SynthHead, exactly as the profile's capture generates it
+    (the experiment needs its geometry only, not the rendered capture)."""
+    from npga.capture.synthetic import SynthHead, sample_identity
+
+    return SynthHead(sample_identity(participant, profile.seed), profile.data.mesh_resolution)
+
+
+def _predict(net: DetailNetwork, x: Tensor, feats: Tensor | None, z: Tensor) -> Tensor:
+    """G's position offsets for every point under each of B codes: (B, N, 3)."""
+    b, n = z.shape[0], x.shape[0]
+    zz = z[:, None, :].expand(b, n, -1).reshape(b * n, -1)
+    ff = None if feats is None else feats.repeat(b, 1)
+    return net(x.repeat(b, 1), ff, zz)[0].reshape(b, n, 3)
+
+
+def _rms_mm(err: Tensor) -> float:
+    return 1e3 * float(err.pow(2).sum(-1).mean().sqrt())
+
+
+def fit_detail(data: MotionData, profile: Profile, feature_dim: int, seed: int,
+               cfg: DetailFitConfig) -> dict:
+    """Fit one G (vanilla when ``feature_dim`` is 0) to the training motion; its errors (mm),
+    the per-point held-out RMS error (for the figure) and the wall time."""
+    torch.manual_seed(seed)
+    a = profile.avatar
+    net = DetailNetwork(data.z_train.shape[1], feature_dim=feature_dim, hidden=a.detail_hidden,
+                        layers=a.detail_layers, n_freqs=a.detail_freqs,
+                        center=tuple(data.points.mean(0).tolist()), scale=0.1)
+    tc = TrainConfig.from_profile(profile)
+    groups = [{"params": list(net.parameters()), "lr": tc.lr_detail}]
+    feats = None
+    if feature_dim:
+        # the avatar initialises its features small and random (npga.avatar.model)
+        feats = torch.nn.Parameter(1e-2 * torch.randn(len(data.points), feature_dim))
+        groups.append({"params": [feats], "lr": tc.lr_features})
+    opt = torch.optim.Adam(groups)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(cfg.steps):
+        k = torch.randint(0, len(data.z_train), (cfg.batch,), generator=gen)
+        pred = _predict(net, data.points, feats, data.z_train[k])
+        # mean squared error in mm^2 (metres would give Adam tiny gradients to scale up)
+        loss = (1e3 * (pred - data.d_train[k])).pow(2).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    wall = time.perf_counter() - t0
+    with torch.no_grad():
+        e_te = _predict(net, data.points, feats, data.z_test) - data.d_test
+        e_tr = _predict(net, data.points, feats, data.z_train) - data.d_train
+    return {
+        "heldout_rms_mm": _rms_mm(e_te),
+        "heldout_sharp_rms_mm": _rms_mm(e_te[:, data.sharp]),
+        "train_sharp_rms_mm": _rms_mm(e_tr[:, data.sharp]),
+        "point_rms_mm": (1e3 * e_te.pow(2).sum(-1).mean(0).sqrt()).tolist(),
+        "seconds": wall,
+    }
+
+
+def run(profile: Profile, seeds, cfg: DetailFitConfig | None = None, participant: int = 0,
+        progress: bool = True, command: str = "") -> dict:
+    """Both variants for every seed; the results in the ablation's table format."""
+    from tqdm.auto import tqdm
+
+    cfg = cfg or DetailFitConfig.for_profile(profile)
+    head = synth_head(profile, participant)
+    t0 = time.perf_counter()
+    data = motion_data(head, cfg)
+    table = {v: {"seeds": [], "seconds": []} for v in VARIANTS}
+    point_errors = {}
+    jobs = [(s, v) for s in seeds for v in VARIANTS]
+    for s, v in tqdm(jobs, desc="fit G to the true motion", disable=not progress):
+        r = fit_detail(data, profile, profile.avatar.feature_dim if v == "features" else 0, s, cfg)
+        t = table[v]
+        t["seeds"].append(int(s))
+        t["seconds"].append(r["seconds"])
+        for key, _ in KEYS:
+            t.setdefault(key, {"values": []})["values"].append(r[key])
+        if s == seeds[0]:
+            point_errors[v] = r["point_rms_mm"]
+    for t in table.values():
+        for key, _ in KEYS:
+            vals = np.asarray(t[key]["values"])
+            t[key].update(mean=float(vals.mean()), std=float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+    return {
+        "experiment": EXPERIMENT, "profile": profile.name, "participant": participant,
+        "seeds": [int(s) for s in seeds], "config": asdict(cfg),
+        "feature_dim": profile.avatar.feature_dim, "n_points": len(data.points),
+        "n_sharp": int(data.sharp.sum()),
+        "sharp_threshold_mm": 1e3 * float(data.sharpness[data.sharp].min()),
+        "motion_rms_mm": _rms_mm(data.d_test),
+        "table": table, "point_errors_first_seed": point_errors,
+        "points": data.points.tolist(), "sharp": data.sharp.tolist(),
+        "seconds": time.perf_counter() - t0, "command": command,
+        "machine": _machine(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _machine() -> str:
+    from npga.experiments.ablation import machine
+
+    return machine()
+
+
+def comparison(res: dict) -> list[dict]:
+    """+features minus vanilla, paired by seed, for each error (negative: features better)."""
+    from npga.experiments.ablation import format_p, paired_difference
+
+    rows = []
+    for key, label in KEYS:
+        d = paired_difference(res["table"], "features", "vanilla", key)
+        rows.append({"error (mm RMS)": label,
+                     "vanilla": f"{res['table']['vanilla'][key]['mean']:.2f}",
+                     "+features": f"{res['table']['features'][key]['mean']:.2f}",
+                     "difference [95% CI]": f"{d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]",
+                     "p (paired t)": format_p(d["p"]), "_d": d})
+    return rows
+
+
+def verdict(res: dict, key: str = "heldout_sharp_rms_mm", alpha: float = 0.05) -> str:
+    """One sentence on ``key``: the paired difference, its interval and p, and whether it
+    goes the paper's way (features lower the error) at level ``alpha``."""
+    from npga.experiments.ablation import format_p, paired_difference
+
+    d = paired_difference(res["table"], "features", "vanilla", key)
+    label = dict(KEYS)[key]
+    head = (f"{label}: +features minus vanilla {d['mean']:+.2f} mm (95% CI [{d['ci'][0]:+.2f}, "
+            f"{d['ci'][1]:+.2f}], {d['n']} seeds, p {format_p(d['p'])})")
+    if d["n"] < 2:
+        return head + ": one seed, no test."
+    if d["p"] < alpha and d["mean"] < 0:
+        return head + ": the features lower the error, the paper's direction, significant at 0.05."
+    if d["p"] < alpha:
+        return head + ": the features *raise* the error, against the paper, significant at 0.05."
+    return head + ": not significant at 0.05."
+
+
+def to_markdown(res: dict) -> str:
+    from npga.book.tools import markdown_table
+
+    rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in comparison(res)]
+    head = (f"G fitted to SynthHead's true motion, profile `{res['profile']}`: {res['n_points']} face "
+            f"points ({res['n_sharp']} sharp, |L d| >= {res['sharp_threshold_mm']:.2f} mm), "
+            f"{res['config']['n_train']} training / {res['config']['n_test']} held-out expressions, "
+            f"{res['config']['steps']} steps, seeds {res['seeds']}, feature_dim {res['feature_dim']}; "
+            f"held-out motion RMS {res['motion_rms_mm']:.2f} mm.")
+    tail = f"\n\nCommand: `{res['command']}`; {res['seconds']:.0f} s on {res['machine']}, {res['date']}."
+    return head + "\n\n" + markdown_table(rows, text=True) + tail
+
+
+def figure(res: dict):
+    """Per-point held-out error of both fits (first seed), front view, sharp points outlined."""
+    import matplotlib.pyplot as plt
+
+    pts = np.asarray(res["points"])
+    sharp = np.asarray(res["sharp"])
+    errs = res["point_errors_first_seed"]
+    vmax = float(np.quantile(np.concatenate([errs[v] for v in VARIANTS]), 0.98))
+    fig, ax = plt.subplots(1, 3, figsize=(11, 4.2))
+    order = np.argsort(pts[:, 2])  # draw back to front
+    for a, v in zip(ax, VARIANTS):
+        sc = a.scatter(pts[order, 0] * 1e3, pts[order, 1] * 1e3, c=np.asarray(errs[v])[order], s=4,
+                       cmap="magma_r", vmin=0, vmax=vmax)
+        a.set_title(f"{v}: held-out error per point")
+    ax[2].scatter(pts[:, 0] * 1e3, pts[:, 1] * 1e3, c="0.85", s=3)
+    ax[2].scatter(pts[sharp, 0] * 1e3, pts[sharp, 1] * 1e3, c="tab:blue", s=4)
+    ax[2].set_title("sharp points (by ground truth)")
+    for a in ax:
+        a.set_aspect("equal")
+        a.set_xlabel("x (mm)")
+        a.set_yticks([]) if a is not ax[0] else a.set_ylabel("y (mm)")
+    fig.colorbar(sc, ax=ax[:2], fraction=0.03, label="RMS error over held-out expressions (mm)")
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    from npga.experiments.ablation import write_table
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--steps", type=int, default=None, help="Adam steps per fit (default: the profile's)")
+    args = ap.parse_args(argv)
+    profile = get_profile(args.profile)
+    torch.set_num_threads(1)
+    cfg = DetailFitConfig.for_profile(profile)
+    if args.steps:
+        cfg.steps = args.steps
+    cmd = "python -m npga.experiments.detail_fit " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = run(profile, args.seeds, cfg, command=cmd.strip())
+    write_table(profile.name, res, experiment=EXPERIMENT, markdown=to_markdown(res))
+    print(to_markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
