@@ -52,3 +52,17 @@ def assignment_editions(tmp_path_factory):
         return built[name]
 
     return editions
+
+
+@pytest.fixture
+def grade_answers(assignment_editions, tmp_path):
+    """``grade(name, answers, tag)``: the scores {question: (score, max, output)} of a student
+    edition of assignments/NAME.ipynb with the functions in ``answers`` replaced."""
+    from npga.book import assignments as asg
+
+    def grade(name: str, answers: dict[str, str], tag: str = "answers") -> dict:
+        e = assignment_editions(name)
+        sub = asg.answered(e["student"] / f"{name}.ipynb", tmp_path / f"{name}_{tag}.ipynb", answers)
+        return asg.grade_one(e["autograder"], sub)["questions"]
+
+    return grade

@@ -12,7 +12,6 @@ question's mistake does not spill over into the next.
 
 import pytest
 
-from npga.book import assignments as asg
 
 NAME = "ch03_head_models"
 
@@ -59,11 +58,8 @@ WRONG = {
 
 
 @pytest.mark.slow
-def test_head_model_mistakes_are_named(assignment_editions, tmp_path):
-    e = assignment_editions(NAME)
-    sub = tmp_path / "wrong3.ipynb"
-    asg.answered(e["student"] / f"{NAME}.ipynb", sub, WRONG)
-    res = asg.grade_one(e["autograder"], sub)["questions"]
+def test_head_model_mistakes_are_named(grade_answers):
+    res = grade_answers(NAME, WRONG)
     assert set(res) == {"q1", "q2", "q3", "q4"}, res
     expected = {
         "q1": "you centred the expression offsets",

@@ -10,7 +10,6 @@ other questions' parts from the package, so that one question's mistake does not
 
 import pytest
 
-from npga.book import assignments as asg
 
 NAME = "ch05_gaussian_features"
 
@@ -75,20 +74,14 @@ WRONG_TOO = {
 
 
 @pytest.mark.slow
-def test_gaussian_features_mistakes_are_named(assignment_editions, tmp_path):
-    e = assignment_editions(NAME)
-    student = e["student"] / f"{NAME}.ipynb"
-    sub, sub2 = tmp_path / "wrong5.ipynb", tmp_path / "wrong5b.ipynb"
-    asg.answered(student, sub, WRONG)
-    asg.answered(student, sub2, WRONG_TOO)
-
-    res = asg.grade_one(e["autograder"], sub)["questions"]
+def test_gaussian_features_mistakes_are_named(grade_answers):
+    res = grade_answers(NAME, WRONG)
     assert res["q1"][0] < res["q1"][1] and "missing the identity term" in res["q1"][2], res["q1"][2]
     assert res["q2"][0] == 0 and "z_exp is not standardised" in res["q2"][2], res["q2"][2]
     assert res["q3"][0] == 0 and "evaluated G at F's moved positions" in res["q3"][2], res["q3"][2]
     assert res["q4"][0] == 0 and "half the right value" in res["q4"][2], res["q4"][2]
 
-    res = asg.grade_one(e["autograder"], sub2)["questions"]
+    res = grade_answers(NAME, WRONG_TOO, "wrong_too")
     assert res["q1"][0] < res["q1"][1] and "the frequencies are 2^k pi, not 2^k" in res["q1"][2], res["q1"][2]
     assert res["q2"][0] == 0 and "did not subtract net.center" in res["q2"][2], res["q2"][2]
     assert res["q3"][0] == 0 and "multiply it by net.scale" in res["q3"][2], res["q3"][2]

@@ -9,7 +9,6 @@ mistakes each question's tests look for are the ones reported.
 
 import pytest
 
-from npga.book import assignments as asg
 
 NAME = "ch07_density_control"
 
@@ -80,20 +79,14 @@ WRONG_TOO = {
 
 
 @pytest.mark.slow
-def test_density_control_mistakes_are_named(assignment_editions, tmp_path):
-    e = assignment_editions(NAME)
-    student = e["student"] / f"{NAME}.ipynb"
-    sub, sub2 = tmp_path / "wrong7.ipynb", tmp_path / "wrong7b.ipynb"
-    asg.answered(student, sub, WRONG)
-    asg.answered(student, sub2, WRONG_TOO)
-
-    res = asg.grade_one(e["autograder"], sub)["questions"]
+def test_density_control_mistakes_are_named(grade_answers):
+    res = grade_answers(NAME, WRONG)
     assert res["q1"][0] == 0 and "you summed over the views" in res["q1"][2], res["q1"][2]
     assert res["q2"][0] == 0 and "by its smallest scale" in res["q2"][2], res["q2"][2]
     assert res["q3"][0] == 0 and "you forgot the rotation" in res["q3"][2], res["q3"][2]
     assert res["q4"][0] == 0 and "compared the opacity logit" in res["q4"][2], res["q4"][2]
 
-    res = asg.grade_one(e["autograder"], sub2)["questions"]
+    res = grade_answers(NAME, WRONG_TOO, "wrong_too")
     assert res["q1"][0] == 0 and "averaged the gradient in pixels" in res["q1"][2], res["q1"][2]
     assert res["q2"][0] == 0 and "clone and split are swapped" in res["q2"][2], res["q2"][2]
     assert res["q3"][0] == 0 and "divided the log-scale by factor" in res["q3"][2], res["q3"][2]

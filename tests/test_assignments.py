@@ -43,10 +43,8 @@ def test_each_master_solutions_full_marks_student_edition_zero(assignment_editio
         assert line not in text, f"solution code left in the student edition of {name}: {line!r}"
 
 
-def test_laplacian_mistakes_are_named(assignment_editions, tmp_path):
-    e = assignment_editions("ch06_laplacian")
-    sub = tmp_path / "wrong6.ipynb"
-    asg.answered(e["student"] / "ch06_laplacian.ipynb", sub, {
+def test_laplacian_mistakes_are_named(grade_answers):
+    res = grade_answers("ch06_laplacian", {
         "my_knn": ("def my_knn(points, k):\n"
                    "    return torch.cdist(points, points).topk(k, dim=1, largest=False).indices\n"),
         "my_graph_laplacian": ("def my_graph_laplacian(values, nbrs):\n"
@@ -54,7 +52,6 @@ def test_laplacian_mistakes_are_named(assignment_editions, tmp_path):
         "my_laplacian_energy": ("def my_laplacian_energy(values, nbrs):\n"
                                 "    return my_graph_laplacian(values, nbrs).norm(dim=-1).mean()\n"),
     })
-    res = asg.grade_one(e["autograder"], sub)["questions"]
     assert res["q1"][0] == 0 and "its own neighbour" in res["q1"][2], res["q1"][2]
     assert res["q2"][0] == 0 and "sign is flipped" in res["q2"][2], res["q2"][2]
     assert res["q3"][0] == 0 and "squared" in res["q3"][2], res["q3"][2]

@@ -50,6 +50,7 @@ from npga.avatar.dynamics import DetailNetwork
 from npga.avatar.regularizers import graph_laplacian, knn_graph
 from npga.avatar.train import TrainConfig
 from npga.config import Profile, get_profile
+from npga.experiments.ablation import format_p, machine, paired_difference, write_table
 
 EXPERIMENT = "detail_fit"
 FACE_PARTS = ("skin", "eyelid_l", "eyelid_r")
@@ -215,20 +216,12 @@ def run(profile: Profile, seeds, cfg: DetailFitConfig | None = None, participant
         "table": table, "point_errors_first_seed": point_errors,
         "points": data.points.tolist(), "sharp": data.sharp.tolist(),
         "seconds": time.perf_counter() - t0, "command": command,
-        "machine": _machine(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-
-
-def _machine() -> str:
-    from npga.experiments.ablation import machine
-
-    return machine()
 
 
 def comparison(res: dict) -> list[dict]:
     """+features minus vanilla, paired by seed, for each error (negative: features better)."""
-    from npga.experiments.ablation import format_p, paired_difference
-
     rows = []
     for key, label in KEYS:
         d = paired_difference(res["table"], "features", "vanilla", key)
@@ -243,8 +236,6 @@ def comparison(res: dict) -> list[dict]:
 def verdict(res: dict, key: str = "heldout_sharp_rms_mm", alpha: float = 0.05) -> str:
     """One sentence on ``key``: the paired difference, its interval and p, and whether it
     goes the paper's way (features lower the error) at level ``alpha``."""
-    from npga.experiments.ablation import format_p, paired_difference
-
     d = paired_difference(res["table"], "features", "vanilla", key)
     label = dict(KEYS)[key]
     head = (f"{label}: +features minus vanilla {d['mean']:+.2f} mm (95% CI [{d['ci'][0]:+.2f}, "
@@ -297,8 +288,6 @@ def figure(res: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from npga.experiments.ablation import write_table
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
