@@ -43,7 +43,7 @@ book: data
 
 test: $(STAMP)
 	@$(MAKE) --no-print-directory data PROFILE=mini
-	$(PY) -m pytest -n 2 --durations=15 tests
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 tests
 	@# the HTML of the chapters the tests just executed (cached: nothing runs twice), then
 	@# every page opened in headless Chromium (npga.book.check_html; skipped without one
 	@# locally, an error under CI)

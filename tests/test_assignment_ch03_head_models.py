@@ -14,6 +14,7 @@ import pytest
 
 
 NAME = "ch03_head_models"
+pytestmark = pytest.mark.xdist_group(NAME)  # one worker builds this master (--dist loadgroup)
 
 
 WRONG = {

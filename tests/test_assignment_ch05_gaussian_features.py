@@ -12,6 +12,7 @@ import pytest
 
 
 NAME = "ch05_gaussian_features"
+pytestmark = pytest.mark.xdist_group(NAME)  # one worker builds this master (--dist loadgroup)
 
 
 WRONG = {

@@ -11,6 +11,7 @@ import pytest
 
 
 NAME = "ch07_density_control"
+pytestmark = pytest.mark.xdist_group(NAME)  # one worker builds this master (--dist loadgroup)
 
 
 WRONG = {

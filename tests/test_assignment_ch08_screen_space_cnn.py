@@ -13,6 +13,7 @@ import pytest
 from npga.book import assignments as asg
 
 NAME = "ch08_screen_space_cnn"
+pytestmark = pytest.mark.xdist_group(NAME)  # one worker builds this master (--dist loadgroup)
 MASTER = asg.MASTERS / f"{NAME}.ipynb"
 
 # The correct latent image with one thing changed (the first line is replaced by the caller).

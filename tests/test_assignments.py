@@ -14,6 +14,9 @@ import pytest
 from npga.book import assignments as asg
 
 MASTER = asg.MASTERS / "ch02_splatting.ipynb"
+# Tests of one master share a worker (make test runs pytest with --dist loadgroup), so each
+# worker builds only the editions it grades: otter assign takes ~15 s a master.
+ch02 = pytest.mark.xdist_group(MASTER.stem)
 
 
 def test_every_master_has_solutions_to_hide():
@@ -27,7 +30,9 @@ def built(assignment_editions):
     return assignment_editions(MASTER.stem)
 
 
-@pytest.mark.parametrize("name", [m.stem for m in asg.masters()])
+@pytest.mark.parametrize(
+    "name", [pytest.param(m.stem, marks=pytest.mark.xdist_group(m.stem)) for m in asg.masters()]
+)
 def test_each_master_solutions_full_marks_student_edition_zero(assignment_editions, name):
     e = assignment_editions(name)
     full = asg.grade_one(e["autograder"], e["autograder"] / f"{name}.ipynb")["questions"]
@@ -43,6 +48,7 @@ def test_each_master_solutions_full_marks_student_edition_zero(assignment_editio
         assert line not in text, f"solution code left in the student edition of {name}: {line!r}"
 
 
+@pytest.mark.xdist_group("ch06_laplacian")
 def test_laplacian_mistakes_are_named(grade_answers):
     res = grade_answers("ch06_laplacian", {
         "my_knn": ("def my_knn(points, k):\n"
@@ -57,6 +63,7 @@ def test_laplacian_mistakes_are_named(grade_answers):
     assert res["q3"][0] == 0 and "squared" in res["q3"][2], res["q3"][2]
 
 
+@ch02
 def test_typical_mistakes_fail_with_the_message_that_names_them(built, tmp_path):
     sub = tmp_path / "wrong.ipynb"
     asg.answered(built["student"] / MASTER.name, sub, {
@@ -90,6 +97,7 @@ def test_typical_mistakes_fail_with_the_message_that_names_them(built, tmp_path)
     assert res["q3"][0] == 0 and "early stop" in res["q3"][2], res["q3"][2]
 
 
+@ch02
 def test_grading_a_folder_writes_one_csv_row_per_submission(built, tmp_path):
     subs = tmp_path / "subs"
     subs.mkdir()
