@@ -77,3 +77,18 @@ def test_cross_reenactment_follows_the_source_codes(setup):
     same = render_split(av, part, ["FREE"], serials)["renders"].reshape(frames.shape)
     np.testing.assert_allclose(frames, same, atol=1e-6)
     assert np.abs(frames[0] - frames[-1]).max() > 1e-3, "different codes must give different images"
+
+
+def test_latent_images_and_mouth_region(setup):
+    """render_split(latents=True): [RGB | features] whose RGB is the render (before clamping);
+    the mouth-interior mask lies inside the face region."""
+    P, part, av = setup
+    sp = render_split(av, part, ["FREE"], part.heldout_serials[:2], latents=True, max_frames=2)
+    lat = sp["latents"]
+    assert lat.shape == (*sp["renders"].shape[:3], 3 + av.feature_dim) and lat.dtype == np.float32
+    np.testing.assert_allclose(np.clip(lat[..., :3], 0, 1), sp["renders"], atol=1e-6)
+    assert "latents" not in render_split(av, part, ["FREE"], part.heldout_serials[:1], max_frames=1)
+    assert sp["mouth"].shape == sp["face"].shape and np.all(sp["mouth"] <= sp["face"] + 1e-6)
+    s = score(sp["renders"], sp["images"], sp["alphas"], sp["face"], sp["wrinkle"], sp["mouth"])
+    assert s["mouth_pixels"] == int((sp["mouth"] > 0.5).sum())
+    assert (s["psnr_mouth"] is None) == (s["mouth_pixels"] == 0)

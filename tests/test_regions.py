@@ -25,7 +25,7 @@ def test_region_alpha_matches_render(head24):
     u[UNTRACKED_NAMES.index("tongue_out")] = 0.5
     _, alphas = head24.render(cams, z, u, supersample=2)
     r = head24.render_regions(cams, z, u, supersample=2)
-    assert set(r) == {"alpha", "face", "wrinkle"}
+    assert set(r) == {"alpha", "face", "wrinkle", "mouth"}
     for v in r.values():
         assert v.shape == (len(cams), 64, 44) and v.dtype == np.float32
         assert v.min() >= 0.0 and v.max() <= 1.0
@@ -103,3 +103,21 @@ def test_render_regions_bad_input(head24):
         head24.render_regions(cams)
     with pytest.raises(ValueError, match="z_exp"):
         head24.render_regions(cams[:1], np.zeros(E + 1))
+
+
+def test_mouth_region_is_the_visible_mouth_interior(head24):
+    """Open jaw, frontal camera: teeth and cavity show inside the face region; closed: nothing."""
+    from npga.capture.synthetic.head import MOUTH_PARTS, PART
+
+    cam = nersemble_rig(44, 64)[FRONT_UPPER]
+    open_ = head24.render_regions([cam], _z(jaw_open=1.0))
+    closed = head24.render_regions([cam])
+    m, f = open_["mouth"][0], open_["face"][0]
+    assert (m > 0.5).sum() >= 4 and np.all(m <= f + 1e-6)  # inside the face region
+    assert closed["mouth"].max() == 0.0  # lips closed: the interior is hidden
+    # the same pixels from an independent rendering: the mouth parts' vertices project there
+    mouth_v = np.isin(head24.part_of_vertex, [PART[n] for n in MOUTH_PARTS])
+    uv = cam.project(head24.vertices(_z(jaw_open=1.0))[mouth_v])[0]
+    ys, xs = np.nonzero(m > 0.5)
+    assert uv[:, 1].min() - 1 <= ys.min() and ys.max() <= uv[:, 1].max() + 1
+    assert uv[:, 0].min() - 1 <= xs.min() and xs.max() <= uv[:, 0].max() + 1

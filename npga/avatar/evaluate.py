@@ -37,18 +37,21 @@ def render_split(
     codes: str = "nphm",
     max_frames: int | None = None,
     pose: str | None = None,
+    latents: bool = False,
 ) -> dict:
     """Render every (frame, camera) of ``sequences`` x ``serials`` next to its ground truth.
 
     ``codes``/``pose``: what drives the avatar (:meth:`npga.capture.dataset.Sequence.drive`).
 
     Returns numpy arrays ``renders``/``images`` (B, H, W, 3), ``alphas`` (B, H, W), and
-    ``keys``: (sequence, frame, serial) per image; on synthetic data also ``face`` and
-    ``wrinkle`` (B, H, W) region masks (covered fractions). ``max_frames`` evenly
-    subsamples frames.
+    ``keys``: (sequence, frame, serial) per image; on synthetic data also ``face``,
+    ``wrinkle`` and ``mouth`` (B, H, W) region masks (covered fractions). ``max_frames``
+    evenly subsamples frames. ``latents``: also the latent images [RGB | features]
+    (B, H, W, 3 + F) float32, unclamped (chapter 8's CNN reads them).
     """
-    renders, images, alphas, keys = [], [], [], []
-    regions: dict[str, list] | None = {"face": [], "wrinkle": []} if _has_ground_truth(participant) else None
+    renders, images, alphas, keys, lat = [], [], [], [], []
+    regions: dict[str, list] | None = (
+        {"face": [], "wrinkle": [], "mouth": []} if _has_ground_truth(participant) else None)
     device = avatar.gaussians["means"].device
     for name in sequences:
         seq = participant.sequence(name)
@@ -61,8 +64,12 @@ def render_split(
             idx = np.unique(np.linspace(0, len(idx) - 1, max_frames).round().astype(int))
         for fi in idx:
             out = avatar.render(torch.from_numpy(drive.z_exp[fi]).to(device), vm, K, cams[0].width, cams[0].height,
-                                pose=_pose(drive, fi, device))
+                                pose=_pose(drive, fi, device), **({"with_features": True} if latents else {}))
             renders.append(out.colors.clamp(0, 1).cpu().numpy())
+            if latents:
+                from npga.avatar.cnn import latent_image
+
+                lat.append(latent_image(out).cpu().numpy())
             if regions is not None:
                 reg = participant.synth_head().render_regions(cams, gt.z_exp[fi], gt.untracked[fi])
                 for k in regions:
@@ -79,6 +86,8 @@ def render_split(
     }
     if regions is not None:
         out.update({k: np.concatenate(v) for k, v in regions.items()})
+    if latents:
+        out["latents"] = np.concatenate(lat)
     return out
 
 
@@ -107,12 +116,13 @@ def _pose(drive, i: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def score(renders: np.ndarray, images: np.ndarray, alphas: np.ndarray,
-          face: np.ndarray | None = None, wrinkle: np.ndarray | None = None) -> dict:
+          face: np.ndarray | None = None, wrinkle: np.ndarray | None = None,
+          mouth: np.ndarray | None = None) -> dict:
     """Masked (head region: alpha > 0.5) and full-image PSNR / SSIM, LPIPS or None.
 
     With the SynthHead region masks also ``psnr_face``/``ssim_face`` (face region > 0.5)
     and ``psnr_wrinkle`` (:func:`pooled_psnr`; None when no wrinkle shows) with
-    ``wrinkle_pixels``.
+    ``wrinkle_pixels``; the same for the ``mouth`` interior (``psnr_mouth``, ``mouth_pixels``).
     """
     mask = (alphas > 0.5).astype(np.float32)
     r, g = torch.from_numpy(renders), torch.from_numpy(images)
@@ -132,14 +142,17 @@ def score(renders: np.ndarray, images: np.ndarray, alphas: np.ndarray,
     if wrinkle is not None:
         out["psnr_wrinkle"] = pooled_psnr(renders, images, wrinkle)
         out["wrinkle_pixels"] = int((wrinkle > 0.5).sum())
+    if mouth is not None:
+        out["psnr_mouth"] = pooled_psnr(renders, images, mouth)
+        out["mouth_pixels"] = int((mouth > 0.5).sum())
     return out
 
 
 def evaluate_split(avatar, participant, sequences, serials, *, codes="nphm", max_frames=None, pose=None) -> dict:
     """:func:`render_split` then :func:`score`; the renders are returned under ``"split"``."""
     split = render_split(avatar, participant, sequences, serials, codes=codes, max_frames=max_frames, pose=pose)
-    return {**score(split["renders"], split["images"], split["alphas"], split.get("face"), split.get("wrinkle")),
-            "split": split}
+    return {**score(split["renders"], split["images"], split["alphas"], split.get("face"), split.get("wrinkle"),
+                    split.get("mouth")), "split": split}
 
 
 def evaluate_avatar_splits(

@@ -105,6 +105,7 @@ PART_NAMES: tuple[str, ...] = (
     "mouth_cavity",
 )
 PART = {name: i for i, name in enumerate(PART_NAMES)}
+MOUTH_PARTS = ("teeth_upper", "teeth_lower", "tongue", "mouth_cavity")  # the mouth interior
 # Closed, outward-facing parts are back-face culled; the rest is two-sided.
 CULLED_PARTS = ("skin", "hair", "eye_l", "eye_r", "eyelid_l", "eyelid_r", "tongue")
 
@@ -1258,7 +1259,9 @@ class SynthHead:
           core of each crease, about 2-3 Gaussian widths across, not its faint
           tails (at 1e-4 a brow raise flags about 3% of the face region in a
           frontal view). The neutral expression (all activations 0), and any
-          expression that drives no wrinkle map, gives an all-zero mask.
+          expression that drives no wrinkle map, gives an all-zero mask;
+        * ``"mouth"``: samples whose visible triangle belongs to the mouth interior
+          (teeth, tongue, mouth cavity), the region only open-mouth frames show.
         """
         from npga.capture.synthetic.appearance import sample_texture, wrinkle_activations
         from npga.capture.synthetic.meshrender import rasterize, resolve
@@ -1277,14 +1280,16 @@ class SynthHead:
         face_tri = ~np.any(neck_v[self.faces], axis=1)
         # shade() takes a triangle's part from its first vertex
         skin_tri = self.part_of_vertex[self.faces[:, 0]] == PART["skin"]
+        mouth_tri = np.isin(self.part_of_vertex[self.faces[:, 0]], [PART[n] for n in MOUTH_PARTS])
         act = wrinkle_activations(z)
         wr = self.textures()["skin"]["wrinkles"][..., 0] if np.any(act > 0) else None  # (Tv, Tu, K)
-        out = {"alpha": [], "face": [], "wrinkle": []}
+        out = {"alpha": [], "face": [], "wrinkle": [], "mouth": []}
         for cam in cameras:
             frags = rasterize(V, self.faces, cam, supersample, cull)
             vals = np.zeros((len(frags.face), 3), np.float32)
             face = face_tri[frags.face]
             vals[:, 0] = face
+            vals[:, 2] = mouth_tri[frags.face]
             if wr is not None:
                 sel = np.nonzero(face & skin_tri[frags.face])[0]
                 if len(sel):
@@ -1296,6 +1301,7 @@ class SynthHead:
             out["alpha"].append(a)
             out["face"].append(img[..., 0])
             out["wrinkle"].append(img[..., 1])
+            out["mouth"].append(img[..., 2])
         return {k: np.clip(np.stack(v), 0.0, 1.0).astype(np.float32) for k, v in out.items()}
 
     def frame_attributes(self, V: np.ndarray, z: np.ndarray) -> dict:
