@@ -61,14 +61,14 @@ def test_laplacian_found_against_noise_and_not_without(monkeypatch):
     weights = D.LaplacianWeights(features=10.0, dynamics=10.0, knn=8)
     res = _run(monkeypatch, CFG, [0, 1, 2, 3], weights)
     rows = {(r["effect"], r["error (mm RMS)"]): r["_d"] for r in LF.comparison(res)}
-    d = rows[("Laplacian terms", "held-out, all points")]
+    d = rows[(LF.PAIRS[0][2], "held-out, all points")]
     assert d["mean"] < -0.1 and d["p"] < 0.05, d  # found, the paper's way
     assert "the paper's direction" in LF.verdict(res)
     assert "| features+laplacian |" in LF.to_markdown(res)
 
     clean = _run(monkeypatch, LF.LaplacianFitConfig(**{**CFG.__dict__, "noise_mm": 0.0}), [0, 1, 2], weights)
     d = {(r["effect"], r["error (mm RMS)"]): r["_d"] for r in LF.comparison(clean)}[
-        ("Laplacian terms", "held-out, all points")]
+        (LF.PAIRS[0][2], "held-out, all points")]
     assert not (d["mean"] < -0.1 and d["p"] < 0.05), d  # nothing to average: no gain found
     fig = LF.figure(res)
     assert len(fig.axes) == 2

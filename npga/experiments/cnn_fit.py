@@ -231,7 +231,8 @@ def figure(res: dict):
         ax.plot([i] * len(d["values"]), d["values"], "o", color="tab:blue", ms=4)
         ax.plot(i, d["mean"], "D", color="k", ms=6)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(range(len(rows)), [f"{r['region']}\n{r['split']}" for r in rows], fontsize=8)
+    short = {"novel view": "novel", "self reenactment": "self-reen."}
+    ax.set_xticks(range(len(rows)), [f"{r['region']}\n{short[r['split']]}" for r in rows], fontsize=8)
     ax.set_ylabel("+CNN minus splats (dB)")
     ax.set_title("what the CNN adds, per region (dots: CNN seeds; bar: 95 % interval)", fontsize=10)
     fig.tight_layout()

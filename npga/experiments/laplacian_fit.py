@@ -167,8 +167,9 @@ def run(profile: Profile, seeds, cfg: LaplacianFitConfig | None = None, particip
     }
 
 
-PAIRS = (("features+laplacian", "features", "Laplacian terms"), ("features", "vanilla", "features"),
-         ("features+laplacian", "vanilla", "both"))
+PAIRS = (("features+laplacian", "features", "Laplacian terms (+features+Laplacian vs +features)"),
+         ("features", "vanilla", "features (+features vs vanilla)"),
+         ("features+laplacian", "vanilla", "both (+features+Laplacian vs vanilla)"))
 
 
 def comparison(res: dict) -> list[dict]:
@@ -179,8 +180,8 @@ def comparison(res: dict) -> list[dict]:
         for key, klabel in KEYS[:2]:
             d = paired_difference(res["table"], a, b, key)
             rows.append({"effect": label, "error (mm RMS)": klabel,
-                         "without": f"{res['table'][b][key]['mean']:.2f} ({b})",
-                         "with": f"{res['table'][a][key]['mean']:.2f} ({a})",
+                         "without": f"{res['table'][b][key]['mean']:.2f}",
+                         "with": f"{res['table'][a][key]['mean']:.2f}",
                          "difference [95% CI]": f"{d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]",
                          "p (paired t)": format_p(d["p"]), "_d": d})
     return rows
@@ -217,7 +218,7 @@ def to_markdown(res: dict) -> str:
     head = (f"G fitted to SynthHead's true motion, profile `{res['profile']}`: {res['n_points']} face points, "
             f"{c['n_train']} training / {c['n_val']} validation / {c['n_test']} test expressions, "
             f"feature_dim {c['feature_dim']}, {c['steps']} steps, seeds {res['seeds']}; weights chosen on "
-            f"validation: lambda_f {w['features']:g}, lambda_d {w['dynamics']:g}; test motion RMS "
+            f"validation: λ_f = {w['features']:g}, λ_d = {w['dynamics']:g}; test motion RMS "
             f"{res['motion_rms_mm']:.2f} mm.")
     diffs = [{k: v for k, v in r.items() if not k.startswith("_")} for r in comparison(res)]
     tail = f"\n\nCommand: `{res['command']}`; {res['seconds']:.0f} s on {res['machine']}, {res['date']}."
