@@ -31,12 +31,20 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q -e ".[book,test,course]"
 	@touch $(STAMP)
 
+# Steps that do not depend on each other run side by side, one per core (each is one
+# thread): the analytic prior needs no trained head model, and the two avatars need only
+# the prior. `both A B` runs A in the background and B here, prints A's output after B's,
+# and fails if either failed.
+both = $(1) > $(VENV)/.bg.log 2>&1 & bg=$$!; $(2); rc=$$?; wait $$bg; rb=$$?; \
+	cat $(VENV)/.bg.log; [ $$rc -eq 0 ] && [ $$rb -eq 0 ]
+
 data: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py --profile $(PROFILE)
-	$(PY) data_scripts/train_head_model.py --profile $(PROFILE)
+	$(call both,$(PY) data_scripts/distill_prior.py --profile $(PROFILE) --head analytic --quiet,\
+		$(PY) data_scripts/train_head_model.py --profile $(PROFILE))
 	$(PY) data_scripts/distill_prior.py --profile $(PROFILE)
-	$(PY) data_scripts/distill_prior.py --profile $(PROFILE) --head analytic
-	$(PY) data_scripts/train_avatar.py --profile $(PROFILE)
+	$(call both,$(PY) data_scripts/train_avatar.py --profile $(PROFILE) --only vanilla,\
+		$(PY) data_scripts/train_avatar.py --profile $(PROFILE) --only features)
 
 book: data
 	$(PY) -m npga.book.runner --profile $(PROFILE)

@@ -1,6 +1,7 @@
 """Train the chapter-5 avatars of a profile (vanilla and +features) and store them.
 
     python data_scripts/train_avatar.py --profile mini
+    python data_scripts/train_avatar.py --profile mini --only features
 
 is ``python -m npga.avatar.train`` run twice: ``--features 0 --name vanilla`` and
 ``--features F --name features`` (F = the profile's ``AvatarConfig.feature_dim``).
@@ -25,6 +26,8 @@ def main() -> None:
     ap.add_argument("--profile", default=None)
     ap.add_argument("--participant", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU rasterizer is fastest on 1)")
+    ap.add_argument("--only", choices=("vanilla", "features"), default=None,
+                    help="train one of the two (make data runs one process per core)")
     args = ap.parse_args()
     if args.threads > 0:
         import torch
@@ -32,6 +35,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     P = get_profile(args.profile)
     for name, fd in (("vanilla", 0), ("features", P.avatar.feature_dim)):
+        if args.only not in (None, name):
+            continue
         t0 = time.perf_counter()
         _, res = load_or_train_avatar(P, name, feature_dim=fd, participant=args.participant)
         m = res.get("metrics", {})

@@ -25,7 +25,7 @@ on top of a fixed set of splats.
     python -m npga.experiments.cnn_fit --profile mini --seeds 0 1 2 3 4 --steps 2000
 
 writes ``benchmarks/results/cnn_fit_{profile}.json`` and ``.md``; chapter 8 runs a shorter
-version live (400 steps, 3 seeds) and loads the record.
+version live (200 steps, 3 seeds) and loads the record.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ REGIONS = (("psnr", "head"), ("psnr_face", "face"), ("psnr_wrinkle", "wrinkle"),
 class CnnFitConfig:
     """Sizes of the experiment (``for_profile`` scales them; the defaults are mini's)."""
 
-    steps: int = 400  # Adam steps of the CNN (the recorded mini run: --steps 2000)
+    steps: int = 200  # Adam steps of the CNN (live in chapter 8; the recorded mini run: --steps 2000)
     batch: int = 4  # training images per step
     lr: float = 1e-3  # the ablation's CNN learning rate
     train_frames: int | None = None  # frames per training sequence (None: all)
