@@ -124,6 +124,15 @@ def test_summary_table_and_markdown():
     md = ab.to_markdown({"profile": "mini", "command": "cmd", "machine": "m", "date": "d", "seeds": [0, 1, 2],
                          "iterations": 5, "total_seconds": 60, "table": ab.summarise(runs)})
     assert "| full | 26.00 ± 1.00 |" in md and "30.65" in md
+    assert "SynthHead regions" not in md  # no region was scored
+    for seed, r in enumerate(runs):  # the mouth interior, scored in both splits
+        for split in ("novel_view", "self_reenactment"):
+            r["metrics"][split]["psnr_mouth"] = 12.0 + seed
+    t = ab.summarise(runs)["full"]
+    assert t["self_reenactment_psnr_mouth"]["mean"] == pytest.approx(13.0)
+    md = ab.to_markdown({"profile": "mini", "command": "cmd", "machine": "m", "date": "d", "seeds": [0, 1, 2],
+                         "iterations": 5, "total_seconds": 60, "table": ab.summarise(runs)})
+    assert "| variant | novel-view mouth | self-reenactment mouth |" in md and "| full | 13.00 ± 1.00 |" in md
 
 
 @pytest.mark.slow

@@ -252,9 +252,9 @@ def summarise(runs: list[dict]) -> dict:
             "n_gaussians": [r["n_gaussians"] for r in rs],
             "train_seconds": [r["train_seconds"] for r in rs],
         }
-        # SynthHead's regions (face without neck, expression wrinkles), where they were scored
+        # SynthHead's regions (face without neck, expression wrinkles, mouth interior), where scored
         for split in ("novel_view", "self_reenactment"):
-            for key in ("psnr_face", "psnr_wrinkle", "psnr_full"):
+            for key in ("psnr_face", "psnr_wrinkle", "psnr_mouth", "psnr_full"):
                 v = [r["metrics"][split].get(key) for r in rs]
                 if all(x is not None for x in v):
                     vals[f"{split}_{key}"] = v
@@ -294,13 +294,14 @@ def to_markdown(result: dict) -> str:
             f"| {pm(r['novel_view_ssim'], '{:.4f}')} | {pm(r['self_reenactment_ssim'], '{:.4f}')} "
             f"| {r['n_gaussians']['mean']:.0f} | {r['train_seconds']['mean']:.0f} |"
         )
-    region_keys = [k for k in ("novel_view_psnr_face", "self_reenactment_psnr_face", "novel_view_psnr_wrinkle",
-                               "self_reenactment_psnr_wrinkle", "novel_view_psnr_full", "self_reenactment_psnr_full")
-                   if all(k in r for r in t.values())]
+    region_keys = [f"{split}_psnr_{region}" for region in ("face", "wrinkle", "mouth", "full")
+                   for split in ("novel_view", "self_reenactment")]
+    region_keys = [k for k in region_keys if all(k in r for r in t.values())]
     if region_keys:
         lines += ["", "SynthHead regions (PSNR dB, mean ± std over seeds): face = head without neck; "
-                  "wrinkle = pixels where the frame's expression wrinkles show (pooled); full = the whole "
-                  "image, unmasked (sees Gaussians that drift off the head).", "",
+                  "wrinkle = pixels where the frame's expression wrinkles show (pooled); mouth = the mouth "
+                  "interior, teeth, tongue and cavity (pooled; recorded since the mask exists); full = the "
+                  "whole image, unmasked (sees Gaussians that drift off the head).", "",
                   "| variant | " + " | ".join(k.replace("_psnr_", " ").replace("_", "-") for k in region_keys) + " |",
                   "|---|" + "---|" * len(region_keys)]
         for name, r in t.items():
