@@ -534,6 +534,54 @@ def paired_difference(table: dict, a: str, b: str, key: str, level: float = 0.95
     return {**out, "std": sd, "p": p, "ci": [out["mean"] - half, out["mean"] + half]}
 
 
+def judge(d: dict, good: str, bad: str, lower_is_better: bool, alpha: float = 0.05) -> str:
+    """How a verdict on the paired difference ``d`` (:func:`paired_difference`) ends: one seed,
+    the paper's direction (``good``), against it (``bad``) or not significant at ``alpha``."""
+    if d["n"] < 2:
+        return ": one seed, no test."
+    if d["p"] < alpha:
+        paper = (d["mean"] < 0) == lower_is_better
+        return (f": {good}, the paper's direction, significant at {alpha:g}." if paper
+                else f": {bad}, against the paper, significant at {alpha:g}.")
+    return f": not significant at {alpha:g}."
+
+
+def add_seed_stats(table: dict) -> None:
+    """Fill in mean and std (over seeds) beside every ``{"values": [...]}`` column of a variant table."""
+    for t in table.values():
+        for col in t.values():
+            if isinstance(col, dict) and "values" in col:
+                vals = np.asarray(col["values"])
+                col.update(mean=float(vals.mean()), std=float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+
+
+def record_footer(res: dict) -> str:
+    """The last line of a recorded experiment's Markdown: command, time, machine, date."""
+    return f"\n\nCommand: `{res['command']}`; {res['seconds']:.0f} s on {res['machine']}, {res['date']}."
+
+
+def experiment_main(argv: list[str] | None, name: str, doc: str, config_for_profile, run, to_markdown, *,
+                    profile: str = "cpu", seeds=(0, 1, 2, 3, 4), steps_help: str = "Adam steps per fit") -> int:
+    """The command line of an isolating experiment ``python -m npga.experiments.NAME``: run it for
+    a profile and seeds (one torch thread) and record it as ``benchmarks/results/NAME_{profile}``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--profile", default=profile)
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    ap.add_argument("--steps", type=int, default=None, help=f"{steps_help} (default: the profile's)")
+    args = ap.parse_args(argv)
+    P = get_profile(args.profile)
+    torch.set_num_threads(1)
+    cfg = config_for_profile(P)
+    if args.steps:
+        cfg.steps = args.steps
+    cmd = f"python -m npga.experiments.{name} " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = run(P, args.seeds, cfg, command=cmd.strip())
+    md = to_markdown(res)
+    write_table(P.name, res, experiment=name, markdown=md)
+    print(md)
+    return 0
+
+
 def format_p(p: float) -> str:
     """A p-value for a table: three decimals, "< 0.001" below that, "n/a" for nan."""
     if p != p:

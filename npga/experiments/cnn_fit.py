@@ -30,7 +30,6 @@ version live (200 steps, 3 seeds) and loads the record.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
 import time
@@ -39,8 +38,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from npga.config import Profile, get_profile
-from npga.experiments.ablation import format_p, machine, paired_difference, write_table
+from npga.config import Profile
+from npga.experiments.ablation import (
+    add_seed_stats,
+    experiment_main,
+    format_p,
+    judge,
+    machine,
+    paired_difference,
+    record_footer,
+)
 
 EXPERIMENT = "cnn_fit"
 VARIANTS = ("splats", "+CNN")
@@ -154,11 +161,7 @@ def run(profile: Profile, seeds, cfg: CnnFitConfig | None = None, participant: i
                     val = got[v][sp][key]
                     t.setdefault(f"{sp}_{key}", {"values": []})["values"].append(
                         float("nan") if val is None else float(val))
-    for t in table.values():
-        for k, col in t.items():
-            if isinstance(col, dict):
-                vals = np.asarray(col["values"])
-                col.update(mean=float(vals.mean()), std=float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+    add_seed_stats(table)
     pixels = {sp: {"wrinkle": base[sp]["wrinkle_pixels"], "mouth": base[sp]["mouth_pixels"],
                    "images": len(data[sp]["images"])} for sp in SPLITS}
     return {
@@ -195,13 +198,7 @@ def verdict(res: dict, split: str = "self_reenactment", region: str = "head", al
             f"[{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}], {d['n']} CNN seeds, p {format_p(d['p'])})")
     if d["mean"] != d["mean"]:
         return head + ": the region is empty in this split."
-    if d["n"] < 2:
-        return head + ": one seed, no test."
-    if d["p"] < alpha and d["mean"] > 0:
-        return head + ": the CNN raises PSNR, the paper's direction, significant at 0.05."
-    if d["p"] < alpha:
-        return head + ": the CNN *lowers* PSNR, against the paper, significant at 0.05."
-    return head + ": not significant at 0.05."
+    return head + judge(d, "the CNN raises PSNR", "the CNN *lowers* PSNR", False, alpha)
 
 
 def to_markdown(res: dict) -> str:
@@ -215,8 +212,7 @@ def to_markdown(res: dict) -> str:
             f"{px['self_reenactment']['mouth']} (self-reenactment, {px['self_reenactment']['images']} images); "
             f"wrinkle pixels {px['novel_view']['wrinkle']} / {px['self_reenactment']['wrinkle']}.")
     rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in comparison(res)]
-    tail = f"\n\nCommand: `{res['command']}`; {res['seconds']:.0f} s on {res['machine']}, {res['date']}."
-    return head + "\n\n" + markdown_table(rows, text=True) + tail
+    return head + "\n\n" + markdown_table(rows, text=True) + record_footer(res)
 
 
 def figure(res: dict):
@@ -240,21 +236,8 @@ def figure(res: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="mini")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--steps", type=int, default=None, help="Adam steps of the CNN (default: the profile's)")
-    args = ap.parse_args(argv)
-    profile = get_profile(args.profile)
-    torch.set_num_threads(1)
-    cfg = CnnFitConfig.for_profile(profile)
-    if args.steps:
-        cfg.steps = args.steps
-    cmd = "python -m npga.experiments.cnn_fit " + " ".join(argv if argv is not None else sys.argv[1:])
-    res = run(profile, args.seeds, cfg, command=cmd.strip())
-    write_table(profile.name, res, experiment=EXPERIMENT, markdown=to_markdown(res))
-    print(to_markdown(res))
-    return 0
+    return experiment_main(argv, EXPERIMENT, __doc__, CnnFitConfig.for_profile, run, to_markdown,
+                           profile="mini", steps_help="Adam steps of the CNN")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ profile live and loads the stored cpu record.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
 import time
@@ -49,8 +48,16 @@ from torch import Tensor
 from npga.avatar.dynamics import DetailNetwork
 from npga.avatar.regularizers import graph_laplacian, knn_graph, laplacian_energy
 from npga.avatar.train import TrainConfig
-from npga.config import Profile, get_profile
-from npga.experiments.ablation import format_p, machine, paired_difference, write_table
+from npga.config import Profile
+from npga.experiments.ablation import (
+    add_seed_stats,
+    experiment_main,
+    format_p,
+    judge,
+    machine,
+    paired_difference,
+    record_footer,
+)
 
 EXPERIMENT = "detail_fit"
 FACE_PARTS = ("skin", "eyelid_l", "eyelid_r")
@@ -235,10 +242,7 @@ def run(profile: Profile, seeds, cfg: DetailFitConfig | None = None, participant
             t.setdefault(key, {"values": []})["values"].append(r[key])
         if s == seeds[0]:
             point_errors[v] = r["point_rms_mm"]
-    for t in table.values():
-        for key, _ in KEYS:
-            vals = np.asarray(t[key]["values"])
-            t[key].update(mean=float(vals.mean()), std=float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+    add_seed_stats(table)
     return {
         "experiment": EXPERIMENT, "profile": profile.name, "participant": participant,
         "seeds": [int(s) for s in seeds], "config": asdict(cfg),
@@ -273,13 +277,7 @@ def verdict(res: dict, key: str = "heldout_sharp_rms_mm", alpha: float = 0.05) -
     label = dict(KEYS)[key]
     head = (f"{label}: +features minus vanilla {d['mean']:+.2f} mm (95% CI [{d['ci'][0]:+.2f}, "
             f"{d['ci'][1]:+.2f}], {d['n']} seeds, p {format_p(d['p'])})")
-    if d["n"] < 2:
-        return head + ": one seed, no test."
-    if d["p"] < alpha and d["mean"] < 0:
-        return head + ": the features lower the error, the paper's direction, significant at 0.05."
-    if d["p"] < alpha:
-        return head + ": the features *raise* the error, against the paper, significant at 0.05."
-    return head + ": not significant at 0.05."
+    return head + judge(d, "the features lower the error", "the features *raise* the error", True, alpha)
 
 
 def to_markdown(res: dict) -> str:
@@ -291,8 +289,7 @@ def to_markdown(res: dict) -> str:
             f"{res['config']['n_train']} training / {res['config']['n_test']} held-out expressions, "
             f"{res['config']['steps']} steps, seeds {res['seeds']}, feature_dim {res['feature_dim']}; "
             f"held-out motion RMS {res['motion_rms_mm']:.2f} mm.")
-    tail = f"\n\nCommand: `{res['command']}`; {res['seconds']:.0f} s on {res['machine']}, {res['date']}."
-    return head + "\n\n" + markdown_table(rows, text=True) + tail
+    return head + "\n\n" + markdown_table(rows, text=True) + record_footer(res)
 
 
 def figure(res: dict):
@@ -321,21 +318,7 @@ def figure(res: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--steps", type=int, default=None, help="Adam steps per fit (default: the profile's)")
-    args = ap.parse_args(argv)
-    profile = get_profile(args.profile)
-    torch.set_num_threads(1)
-    cfg = DetailFitConfig.for_profile(profile)
-    if args.steps:
-        cfg.steps = args.steps
-    cmd = "python -m npga.experiments.detail_fit " + " ".join(argv if argv is not None else sys.argv[1:])
-    res = run(profile, args.seeds, cfg, command=cmd.strip())
-    write_table(profile.name, res, experiment=EXPERIMENT, markdown=to_markdown(res))
-    print(to_markdown(res))
-    return 0
+    return experiment_main(argv, EXPERIMENT, __doc__, DetailFitConfig.for_profile, run, to_markdown)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ mini profile live and loads the stored cpu record.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
 import time
@@ -36,8 +35,16 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from npga.config import Profile, get_profile
-from npga.experiments.ablation import format_p, machine, paired_difference, write_table
+from npga.config import Profile
+from npga.experiments.ablation import (
+    add_seed_stats,
+    experiment_main,
+    format_p,
+    judge,
+    machine,
+    paired_difference,
+    record_footer,
+)
 from npga.experiments.detail_fit import (
     DetailFitConfig,
     LaplacianWeights,
@@ -153,10 +160,7 @@ def run(profile: Profile, seeds, cfg: LaplacianFitConfig | None = None, particip
         t["seconds"].append(r["seconds"])
         for key, _ in KEYS:
             t.setdefault(key, {"values": []})["values"].append(r[key])
-    for t in table.values():
-        for key, _ in KEYS:
-            vals = np.asarray(t[key]["values"])
-            t[key].update(mean=float(vals.mean()), std=float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+    add_seed_stats(table)
     return {
         "experiment": EXPERIMENT, "profile": profile.name, "participant": participant,
         "seeds": [int(s) for s in seeds], "config": asdict(cfg),
@@ -203,13 +207,7 @@ def verdict(res: dict, key: str = "heldout_rms_mm", alpha: float = 0.05) -> str:
     label = dict(KEYS)[key]
     head = (f"{label}: +Laplacian minus +features {d['mean']:+.2f} mm (95% CI [{d['ci'][0]:+.2f}, "
             f"{d['ci'][1]:+.2f}], {d['n']} seeds, p {format_p(d['p'])})")
-    if d["n"] < 2:
-        return head + ": one seed, no test."
-    if d["p"] < alpha and d["mean"] < 0:
-        return head + ": the Laplacian terms lower the error, the paper's direction, significant at 0.05."
-    if d["p"] < alpha:
-        return head + ": the Laplacian terms *raise* the error, against the paper, significant at 0.05."
-    return head + ": not significant at 0.05."
+    return head + judge(d, "the Laplacian terms lower the error", "the Laplacian terms *raise* the error", True, alpha)
 
 
 def to_markdown(res: dict) -> str:
@@ -222,9 +220,8 @@ def to_markdown(res: dict) -> str:
             f"validation: λ_f = {w['features']:g}, λ_d = {w['dynamics']:g}; test motion RMS "
             f"{res['motion_rms_mm']:.2f} mm.")
     diffs = [{k: v for k, v in r.items() if not k.startswith("_")} for r in comparison(res)]
-    tail = f"\n\nCommand: `{res['command']}`; {res['seconds']:.0f} s on {res['machine']}, {res['date']}."
     return (head + "\n\n" + markdown_table(table_rows(res), text=True) + "\n\n"
-            + markdown_table(diffs, text=True) + tail)
+            + markdown_table(diffs, text=True) + record_footer(res))
 
 
 def figure(res: dict):
@@ -262,21 +259,8 @@ def figure(res: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    ap.add_argument("--steps", type=int, default=None, help="Adam steps per fit (default: the profile's)")
-    args = ap.parse_args(argv)
-    profile = get_profile(args.profile)
-    torch.set_num_threads(1)
-    cfg = LaplacianFitConfig.for_profile(profile)
-    if args.steps:
-        cfg.steps = args.steps
-    cmd = "python -m npga.experiments.laplacian_fit " + " ".join(argv if argv is not None else sys.argv[1:])
-    res = run(profile, args.seeds, cfg, command=cmd.strip())
-    write_table(profile.name, res, experiment=EXPERIMENT, markdown=to_markdown(res))
-    print(to_markdown(res))
-    return 0
+    return experiment_main(argv, EXPERIMENT, __doc__, LaplacianFitConfig.for_profile, run, to_markdown,
+                           seeds=(0, 1, 2, 3))
 
 
 if __name__ == "__main__":
