@@ -12,8 +12,10 @@ field v is
 
     (L v)_i = v_i - 1/k sum_{j in N(i)} v_j,
 
-the difference between a Gaussian's value and the mean of its neighbours. L v = 0 exactly
-when v is locally constant, and |L v|^2 grows with the high-frequency part of v.
+the difference between a Gaussian's value and the mean of its neighbours. |L v|^2
+penalises that deviation (a curvature-like measure, not the gradient) and grows with the
+high-frequency part of v. L v = 0 means v is *harmonic* (every value the mean of its
+neighbours'); a constant v is one such field, but on a directed k-NN graph not the only one.
 
 The two terms (weights ``AvatarConfig.lap_features`` and ``AvatarConfig.lap_dynamics``):
 

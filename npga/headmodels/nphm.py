@@ -12,6 +12,8 @@ A head is the zero level set of a signed distance field in *posed* space,
   an MLP (6 x 400) with a skip connection; ours has the same shape with the profile's
   sizes. NPHM uses an ensemble of local MLPs around face landmarks for ``f``; we keep
   one global MLP with a positional encoding, enough for SynthHead at book sizes.
+  MonoNPHM's B also outputs two hyper-dimensions (ambient coordinates that let the
+  canonical SDF change topology, e.g. the lips parting); ours outputs only the 3D point.
 
 The canonical face is *not* the neutral face: like NPHM we use a face with the mouth
 open, so that the teeth, tongue and mouth cavity -- visible whenever the jaw drops --

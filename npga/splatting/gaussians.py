@@ -192,8 +192,9 @@ def _numpy(x) -> np.ndarray:
 def knn_mean_distance(points: np.ndarray | Tensor, k: int = 3) -> np.ndarray:
     """Mean distance (N,) from each point to its ``k`` nearest other points.
 
-    3DGS initialises each Gaussian's scale to this distance so that neighbouring
-    Gaussians just overlap. Coincident points get a tiny positive floor.
+    Scales start from this distance so that neighbouring Gaussians just overlap (3DGS
+    uses the root-mean-square of the three distances instead of their mean; for points
+    of a surface the two differ little). Coincident points get a tiny positive floor.
     """
     from scipy.spatial import cKDTree
 

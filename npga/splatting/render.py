@@ -139,6 +139,43 @@ def rasterize(
     return render_colors, render_alphas, meta
 
 
+def visibility(meta: dict) -> tuple[Tensor, Tensor]:
+    """How much of each Gaussian a rendering shows: ``(weight, visible_fraction)``, both (C, N).
+
+    ``weight`` is the Gaussian's total blending weight in camera c, sum over pixels of
+    T_p alpha_p(i) (3DGS Eq. 3): how many pixels' worth of colour it contributes (0 when
+    culled, off-screen or hidden). ``visible_fraction`` divides it by the weight the
+    Gaussian would have with nothing in front of it, o_i 2 pi sqrt(det Sigma'_i) (the
+    integral of its 2D footprint): about 1 for a Gaussian in plain view, about 0 for one
+    behind an opaque surface, whatever its size (chapter 7's visibility rule).
+
+    Computed from ``meta`` of :func:`rasterize` (every input detached) by compositing a
+    constant channel of ones once more and differentiating the image's sum with respect
+    to that channel: d(sum_p I_p)/d c_i = sum_p T_p alpha_p(i). The numba backend composites
+    on CPU tensors, the PyTorch reference on any other device (gsplat's meta has the same
+    fields).
+    """
+    m2d = meta["means2d"].detach()
+    C, N = m2d.shape[:2]
+    opac = meta["opacities"].detach()
+    opac = opac.expand(C, N) if opac.dim() == 1 else opac
+    conics = meta["conics"].detach()
+    ones = torch.ones(C, N, 1, dtype=m2d.dtype, device=m2d.device, requires_grad=True)
+    composite = _numba_composite() if m2d.device.type == "cpu" else render_torch.composite
+    with torch.enable_grad():
+        img, _ = composite(m2d, conics, ones, opac, meta["radii"], meta["depths"].detach(),
+                           meta["width"], meta["height"])
+        (grad,) = torch.autograd.grad(img.sum(), ones)
+    weight = grad[..., 0]
+    # conic = Sigma'^-1 as (a, b, c): det Sigma' = 1 / (a c - b^2)
+    det_conic = (conics[..., 0] * conics[..., 2] - conics[..., 1] ** 2).clamp_min(1e-12)
+    unoccluded = opac * 2 * math.pi / det_conic.sqrt()
+    radii = meta["radii"]
+    shown = (radii.max(dim=-1).values if radii.dim() == 3 else radii) > 0
+    fraction = torch.where(shown, weight / unoccluded.clamp_min(1e-12), torch.zeros_like(weight))
+    return weight, fraction.clamp(0.0, 1.0)
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -248,4 +285,4 @@ def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, wid
     return render_colors, render_alphas, meta
 
 
-__all__ = ["BACKENDS", "RENDER_MODES", "rasterize"]
+__all__ = ["BACKENDS", "RENDER_MODES", "rasterize", "visibility"]

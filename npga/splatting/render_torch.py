@@ -5,9 +5,11 @@ Kerbl et al. 2023, Sec. 4 and 6):
 
 1. :func:`project_gaussians` -- EWA splatting (Zwicker et al. 2001): each 3D Gaussian
    N(mu, Sigma) becomes a 2D Gaussian on the image with mean pi(mu) and covariance
-   ``J W Sigma W^T J^T + eps2d I`` (3DGS Eq. 5), where W is the camera rotation and J the
-   Jacobian of the perspective projection at the Gaussian's centre. Autograd handles its
-   backward: it is a few (C, N)-sized tensors.
+   ``J W Sigma W^T J^T`` (3DGS Eq. 5), where W is the camera rotation and J the Jacobian
+   of the perspective projection at the Gaussian's centre, clamped to ``FOV_MARGIN``
+   beyond the image (as the reference code does). ``eps2d I`` is then added: a dilation
+   from the 3DGS reference code, not part of Eq. 5 and not EWA's low-pass filter. Autograd
+   handles its backward: it is a few (C, N)-sized tensors.
 2. :func:`composite` -- front-to-back alpha compositing (3DGS Eq. 3) of every pixel's
    Gaussians, sorted by depth::
 

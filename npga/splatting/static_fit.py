@@ -62,7 +62,8 @@ class OptimConfig:
     sh_degree: int = 3
     sh_degree_every: int = 1000  # raise the SH degree by one every this many steps
     cameras_per_step: int = 1
-    # Initial scale = this x the mean distance to the 3 nearest points (3DGS: 1). Our
+    # Initial scale = this x the mean distance to the 3 nearest points (3DGS: 1 x their
+    # root-mean-square). Our
     # samples fill a shell volume rather than a surface, so neighbours overlap more;
     # half-size blobs fit the SynthHead frame better and make early steps cheaper.
     init_scale_factor: float = 0.5
