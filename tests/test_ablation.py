@@ -133,6 +133,14 @@ def test_summary_table_and_markdown():
     md = ab.to_markdown({"profile": "mini", "command": "cmd", "machine": "m", "date": "d", "seeds": [0, 1, 2],
                          "iterations": 5, "total_seconds": 60, "table": ab.summarise(runs)})
     assert "| variant | novel-view mouth | self-reenactment mouth |" in md and "| full | 13.00 ± 1.00 |" in md
+    assert "Geometry against" not in md
+    for seed, r in enumerate(runs):  # the distance to the true surface, measured in both splits
+        for split in ("novel_view", "self_reenactment"):
+            r["metrics"][split].update(surface_mm=1.0 + seed, off_surface=0.1)
+    md = ab.to_markdown({"profile": "mini", "command": "cmd", "machine": "m", "date": "d", "seeds": [0, 1, 2],
+                         "iterations": 5, "total_seconds": 60, "table": ab.summarise(runs)})
+    assert "| variant | novel-view surface-mm | novel-view off-surface |" in md
+    assert "| full | 2.00 ± 1.00 | 0.100 ± 0.000 |" in md
 
 
 @pytest.mark.slow

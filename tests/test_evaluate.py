@@ -10,6 +10,7 @@ from npga.avatar.evaluate import (
     evaluate_avatar_splits,
     render_split,
     score,
+    surface_distance,
 )
 
 
@@ -92,3 +93,35 @@ def test_latent_images_and_mouth_region(setup):
     s = score(sp["renders"], sp["images"], sp["alphas"], sp["face"], sp["wrinkle"], sp["mouth"])
     assert s["mouth_pixels"] == int((sp["mouth"] > 0.5).sum())
     assert (s["psnr_mouth"] is None) == (s["mouth_pixels"] == 0)
+
+
+def test_surface_distance_sees_gaussians_pushed_off_the_surface(setup):
+    P, part, av = setup
+    held = [P.data.heldout_sequence]
+    base = surface_distance(av, part, held, max_frames=2)
+    assert base["surface_mm"] >= 0 and 0 <= base["off_surface"] <= 1
+    g = av.gaussians
+    saved = {k: g[k].detach().clone() for k in ("means", "opacities")}
+    half = g["means"].shape[0] // 2
+    try:
+        # move every canonical Gaussian 1 cm along +z: the distance to the true surface grows
+        # (by less than 1 cm: on a curved head some land near another part of the surface)
+        with torch.no_grad():
+            g["means"][:, 2] += 0.01
+        moved = surface_distance(av, part, held, max_frames=2)
+        assert moved["surface_mm"] > base["surface_mm"] + 2.0
+        assert moved["off_surface"] > base["off_surface"] + 0.2
+        # faint Gaussians count little: move only half of them, and make those transparent
+        with torch.no_grad():
+            g["means"].copy_(saved["means"])
+            g["means"][:half, 2] += 0.01
+            g["opacities"][:half] = -30.0
+        faint = surface_distance(av, part, held, max_frames=2)
+        assert faint["surface_mm"] < base["surface_mm"] + 0.5
+    finally:
+        with torch.no_grad():
+            for k, v in saved.items():
+                g[k].copy_(v)
+    res = evaluate_avatar_splits(av, part, P, max_frames=1, geometry=True)
+    assert res["self_reenactment"]["surface_mm"] is not None and "surface_mm" in res["novel_view"]
+    assert "surface_mm" not in evaluate_avatar_splits(av, part, P, max_frames=1)["novel_view"]

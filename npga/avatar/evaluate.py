@@ -148,24 +148,65 @@ def score(renders: np.ndarray, images: np.ndarray, alphas: np.ndarray,
     return out
 
 
-def evaluate_split(avatar, participant, sequences, serials, *, codes="nphm", max_frames=None, pose=None) -> dict:
-    """:func:`render_split` then :func:`score`; the renders are returned under ``"split"``."""
+@torch.no_grad()
+def surface_distance(avatar, participant, sequences: list[str], *, codes: str = "nphm",
+                     max_frames: int | None = None, pose: str | None = None, far_mm: float = 3.0) -> dict:
+    """How far the posed Gaussians lie from SynthHead's true surface (a geometric measure).
+
+    For every frame the avatar is posed as it is rendered (``codes``/``pose``) and each
+    Gaussian centre's distance to the frame's ground-truth mesh is taken (point to mesh),
+    weighted by the Gaussian's opacity, so that faint Gaussians count little. Masked PSNR
+    cannot see a Gaussian that drifts off the head; this can. Returns ``surface_mm``
+    (opacity-weighted mean distance, mm) and ``off_surface`` (opacity-weighted share farther
+    than ``far_mm``), averaged over the frames; None on real data.
+    """
+    from npga.headmodels.geometry import point_to_mesh
+
+    if not _has_ground_truth(participant):
+        return {"surface_mm": None, "off_surface": None}
+    base = getattr(avatar, "avatar", avatar)  # a RefinedAvatar's Gaussians are its avatar's
+    device = base.gaussians["means"].device
+    dist, far = [], []
+    for name in sequences:
+        seq = participant.sequence(name)
+        drive = seq.drive(codes, pose)
+        faces = seq.ground_truth_faces()
+        idx = np.arange(len(seq.frames))
+        if max_frames is not None and len(idx) > max_frames:
+            idx = np.unique(np.linspace(0, len(idx) - 1, max_frames).round().astype(int))
+        for fi in idx:
+            g = base.posed_gaussians(torch.from_numpy(drive.z_exp[fi]).to(device), _pose(drive, fi, device))
+            w = torch.sigmoid(g["opacities"]).cpu().numpy().astype(np.float64)
+            d = 1e3 * point_to_mesh(g["means"].cpu().numpy(), seq.ground_truth_vertices(int(fi)), faces)
+            dist.append(float((w * d).sum() / w.sum()))
+            far.append(float((w * (d > far_mm)).sum() / w.sum()))
+    return {"surface_mm": float(np.mean(dist)), "off_surface": float(np.mean(far))}
+
+
+def evaluate_split(avatar, participant, sequences, serials, *, codes="nphm", max_frames=None, pose=None,
+                   geometry: bool = False) -> dict:
+    """:func:`render_split` then :func:`score` (and :func:`surface_distance` with ``geometry``);
+    the renders are returned under ``"split"``."""
     split = render_split(avatar, participant, sequences, serials, codes=codes, max_frames=max_frames, pose=pose)
-    return {**score(split["renders"], split["images"], split["alphas"], split.get("face"), split.get("wrinkle"),
-                    split.get("mouth")), "split": split}
+    out = {**score(split["renders"], split["images"], split["alphas"], split.get("face"), split.get("wrinkle"),
+                   split.get("mouth")), "split": split}
+    if geometry:
+        out.update(surface_distance(avatar, participant, sequences, codes=codes, max_frames=max_frames, pose=pose))
+    return out
 
 
 def evaluate_avatar_splits(
     avatar: NPGAvatar, participant, profile, *, codes: str = "nphm", max_frames: int | None = None,
-    keep_images: bool = False, progress: bool = False, pose: str | None = None,
+    keep_images: bool = False, progress: bool = False, pose: str | None = None, geometry: bool = False,
 ) -> dict:
-    """Novel-view and self-reenactment scores of ``avatar`` (held-out cameras of ``participant``)."""
+    """Novel-view and self-reenactment scores of ``avatar`` (held-out cameras of ``participant``);
+    with ``geometry`` also :func:`surface_distance` on each split's frames."""
     held = profile.data.heldout_sequence
     train_seqs = [s for s in participant.sequences if s != held]
     out = {}
     for key, seqs in (("novel_view", train_seqs), ("self_reenactment", [held])):
         res = evaluate_split(avatar, participant, seqs, participant.heldout_serials, codes=codes,
-                             max_frames=max_frames, pose=pose)
+                             max_frames=max_frames, pose=pose, geometry=geometry)
         if not keep_images:
             res.pop("split")
         out[key] = res

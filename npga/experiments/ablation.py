@@ -228,7 +228,8 @@ def train_variant(profile: Profile, name: str, seed: int = 0, *, participant: in
            "participant": part, "data": data}
     if evaluate:
         t0 = time.perf_counter()
-        m = evaluate_avatar_splits(out_avatar, part, P, codes=spec["codes"], max_frames=eval_frames, pose=pose_source)
+        m = evaluate_avatar_splits(out_avatar, part, P, codes=spec["codes"], max_frames=eval_frames, pose=pose_source,
+                                   geometry=True)
         out["eval_seconds"] = time.perf_counter() - t0
         out["metrics"] = {k: {kk: vv for kk, vv in v.items() if kk != "split"} for k, v in m.items()}
         out["gap_psnr"] = m["novel_view"]["psnr"] - m["self_reenactment"]["psnr"]
@@ -254,7 +255,7 @@ def summarise(runs: list[dict]) -> dict:
         }
         # SynthHead's regions (face without neck, expression wrinkles, mouth interior), where scored
         for split in ("novel_view", "self_reenactment"):
-            for key in ("psnr_face", "psnr_wrinkle", "psnr_mouth", "psnr_full"):
+            for key in ("psnr_face", "psnr_wrinkle", "psnr_mouth", "psnr_full", "surface_mm", "off_surface"):
                 v = [r["metrics"][split].get(key) for r in rs]
                 if all(x is not None for x in v):
                     vals[f"{split}_{key}"] = v
@@ -306,6 +307,17 @@ def to_markdown(result: dict) -> str:
                   "|---|" + "---|" * len(region_keys)]
         for name, r in t.items():
             lines.append(f"| {name} | " + " | ".join(pm(r[k]) for k in region_keys) + " |")
+    geo_keys = [f"{split}_{k}" for split in ("novel_view", "self_reenactment") for k in ("surface_mm", "off_surface")]
+    geo_keys = [k for k in geo_keys if all(k in r for r in t.values())]
+    if geo_keys:
+        lines += ["", "Geometry against SynthHead's true surface (mean ± std over seeds): surface-mm = the "
+                  "opacity-weighted mean distance of the posed Gaussians to the frame's ground-truth mesh (mm); "
+                  "off-surface = their opacity-weighted share farther than 3 mm.", "",
+                  "| variant | " + " | ".join(k.replace("_surface_mm", " surface-mm").replace("_off_surface", " off-surface")
+                                             .replace("_", "-") for k in geo_keys) + " |",
+                  "|---|" + "---|" * len(geo_keys)]
+        for name, r in t.items():
+            lines.append(f"| {name} | " + " | ".join(pm(r[k], "{:.3f}" if "off" in k else "{:.2f}") for k in geo_keys) + " |")
     if result.get("experiment", "ablation") != "ablation":  # the paper's ablation numbers are not about this
         return "\n".join(lines + [""])
     lines += ["", "Quoted from the paper (NeRSemble, not SynthHead): "
