@@ -349,9 +349,10 @@ def comparison(res: dict) -> list[dict]:
     for k, tab in res["tables"].items():
         for key, label in KEYS:
             d = paired_difference(tab, "npga", "3dgs", key)
+            f = ".0f" if key == "n_teeth" else ".2f"  # counts as counts
             rows.append({"teeth shown in": f"{k} of {n} frames", "measure": label,
-                         "3DGS rule": f"{tab['3dgs'][key]['mean']:.2f}", "our rule": f"{tab['npga'][key]['mean']:.2f}",
-                         "ours - 3DGS [95% CI]": f"{d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]",
+                         "3DGS rule": f"{tab['3dgs'][key]['mean']:{f}}", "our rule": f"{tab['npga'][key]['mean']:{f}}",
+                         "ours - 3DGS [95% CI]": f"{d['mean']:+{f}} [{d['ci'][0]:+{f}}, {d['ci'][1]:+{f}}]",
                          "p (paired t)": format_p(d["p"]), "_d": d})
     return rows
 
