@@ -80,3 +80,22 @@ def test_linearity_found_for_a_rotation_and_not_for_a_translation(monkeypatch):
     d = LF.paired_difference(res["table"], "linear", "nonlinear", "test_rms_mm")
     assert d["mean"] <= 0  # the decoder cannot beat an exact fit
     assert "the linear model is worse" not in LF.verdict(res)
+
+
+def test_command_line_overrides_the_config_and_names_the_record(monkeypatch):
+    from npga.experiments import ablation
+
+    seen, written = {}, {}
+    monkeypatch.setattr(LF, "run", lambda P, seeds, cfg, command: seen.update(cfg=cfg, command=command) or {})
+    monkeypatch.setattr(LF, "to_markdown", lambda res: "md")
+    monkeypatch.setattr(ablation, "write_table", lambda profile, res, experiment, markdown: written.update(
+        profile=profile, experiment=experiment))
+    LF.main(["--profile", "mini", "--seeds", "0", "--set", "params=('jaw_open','blink_l')", "n_train=3",
+             "--record", "rotations"])
+    assert seen["cfg"].params == ("jaw_open", "blink_l") and seen["cfg"].n_train == 3
+    assert written == {"profile": "mini", "experiment": "linear_fit-rotations"}
+    assert "--record rotations" in seen["command"]
+    with pytest.raises(SystemExit):
+        LF.main(["--profile", "mini", "--set", "no_such_field=1"])
+    with pytest.raises(SystemExit):
+        LF.main(["--profile", "mini", "--set", "n_train=three"])

@@ -36,6 +36,7 @@ novel-view PSNR minus self-reenactment PSNR. Results go to
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import json
 import os
@@ -580,16 +581,28 @@ def experiment_main(argv: list[str] | None, name: str, doc: str, config_for_prof
     ap.add_argument("--profile", default=profile)
     ap.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
     ap.add_argument("--steps", type=int, default=None, help=f"{steps_help} (default: the profile's)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="override fields of the experiment's config (Python literals, e.g. params=('jaw_open',))")
+    ap.add_argument("--record", default=None, metavar="TAG",
+                    help=f"record as {name}-TAG_{{profile}} instead of {name}_{{profile}} (a variant beside the main record)")
     args = ap.parse_args(argv)
     P = get_profile(args.profile)
     torch.set_num_threads(1)
     cfg = config_for_profile(P)
     if args.steps:
         cfg.steps = args.steps
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if not hasattr(cfg, key):
+            ap.error(f"--set {item}: the config has no field {key!r}")
+        try:
+            setattr(cfg, key, ast.literal_eval(value))
+        except (ValueError, SyntaxError):
+            ap.error(f"--set {item}: {value!r} is not a Python literal")
     cmd = f"python -m npga.experiments.{name} " + " ".join(argv if argv is not None else sys.argv[1:])
     res = run(P, args.seeds, cfg, command=cmd.strip())
     md = to_markdown(res)
-    write_table(P.name, res, experiment=name, markdown=md)
+    write_table(P.name, res, experiment=name if args.record is None else f"{name}-{args.record}", markdown=md)
     print(md)
     return 0
 

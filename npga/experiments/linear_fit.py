@@ -327,9 +327,8 @@ def to_markdown(res: dict) -> str:
     comps = f"{lo}" if lo == hi else f"{lo}-{hi}"
     head = (f"Registered SynthHead scans, profile `{res['profile']}`: parameters {', '.join(c['params'])}; "
             f"{c['n_train']} + 1 training scans per identity, {c['n_test']} test amplitudes, "
-            f"{int(np.mean(res['n_moving']))} moving vertices (mean), seeds {res['seeds']}; a dense sweep of the "
-            f"first parameter needs {comps} principal components for 0.1 mm against {len(c['params'])} "
-            f"parameter(s).")
+            f"{int(np.mean(res['n_moving']))} moving vertices (mean), seeds {res['seeds']}; a dense sweep of "
+            f"{c['params'][0]} alone (one parameter) needs {comps} principal components for 0.1 mm.")
     diffs = [{k: v for k, v in r.items() if not k.startswith("_")} for r in comparison(res)]
     return (head + "\n\n" + markdown_table(table_rows(res), text=True) + "\n\n"
             + markdown_table(diffs, text=True) + record_footer(res))
