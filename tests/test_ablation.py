@@ -190,6 +190,10 @@ def test_shards_partition_the_runs_and_merge_into_one_table(tmp_path, monkeypatc
     assert sorted(shards[0] + shards[1]) == sorted(everything)
     assert not set(shards[0]) & set(shards[1])
     assert abs(len(shards[0]) - len(shards[1])) <= 1
+    # seed by seed: the first runs hold every variant of seed 0, and both shards get each variant
+    assert {v for v, s in everything[:len(variants)]} == set(variants) and {s for v, s in everything[:3]} == {0}
+    six = [f"v{k}" for k in range(6)]  # the ablation's count: without the rotation shard 0 gets only even ones
+    assert all({v for v, _ in ab.jobs(six, seeds, f"{i}/2")} == set(six) for i in range(2))
     with pytest.raises(SystemExit, match="i must be"):
         ab.jobs(variants, seeds, "2/2")
 
@@ -225,11 +229,62 @@ def test_shards_partition_the_runs_and_merge_into_one_table(tmp_path, monkeypatc
         ab.merge("toy")
     write_shard(1, [run_record(*j) for j in shards[1]])
     res = ab.merge("toy", command="merge")
-    assert [(r["name"], r["seed"]) for r in res["runs"]] == everything
+    assert [(r["name"], r["seed"]) for r in res["runs"]] == [(v, s) for v in variants for s in seeds]
     assert res["table"]["full"]["novel_view_psnr"]["mean"] == pytest.approx(22.0)
     assert res["table"]["vanilla"]["novel_view_psnr"]["std"] == pytest.approx(1.0)
     assert res["command"] == "shard 0 ; shard 1 ; merge"
     assert (tmp_path / "ablation_toy.md").is_file()
+
+
+def test_resume_skips_the_runs_a_shard_already_holds(tmp_path, monkeypatch):
+    ab = _ablation()
+    import npga.avatar.train as train_mod
+    from npga.config import get_profile
+
+    monkeypatch.setattr(ab, "RESULTS", tmp_path)
+    monkeypatch.setattr(train_mod, "prepare", lambda profile, progress=False: None)
+    inputs = ["A"]
+    monkeypatch.setattr(ab, "_inputs_fingerprint", lambda profile, prepared: inputs[0])
+    trained, budget = [], [2]  # the first sitting has time for two runs
+
+    class OutOfTime(Exception):
+        pass
+
+    def fake_train(profile, name, seed, **kw):
+        if budget[0] == 0:
+            raise OutOfTime
+        budget[0] -= 1
+        trained.append((name, seed))
+        m = {"psnr": 20.0 + seed, "ssim": 0.9}
+        return {"name": name, "seed": seed, "spec": {}, "metrics": {"novel_view": m, "self_reenactment": m},
+                "gap_psnr": 0.0, "n_gaussians": 10, "train_seconds": 1.0, "eval_seconds": 0.1, "parts": {}}
+
+    monkeypatch.setattr(ab, "train_variant", fake_train)
+    P = get_profile("mini")
+    variants, seeds = ["vanilla", "features"], [0, 1]
+    kw = dict(iterations=7, shard="0/1", name="mini-toy", resume=True)
+    with pytest.raises(OutOfTime):
+        ab.run(P, seeds, variants, command="first", **kw)
+    rec = __import__("json").loads(ab.shard_path("mini-toy", "0/1").read_text())
+    assert len(rec["runs"]) == 2 and rec["complete"] is False
+    trained.clear()
+    budget[0] = 99
+    res = ab.run(P, seeds, variants, command="second", **kw)
+    assert trained == ab.jobs(variants, seeds)[2:]  # only the runs not yet done
+    assert res["complete"] and len(res["runs"]) == 4 and res["command"] == "first ; second"
+    with pytest.raises(SystemExit, match="iterations"):
+        ab.run(P, seeds, variants, command="third", **{**kw, "iterations": 8})
+    assert ab.merge("mini-toy")["complete"]
+    # data remade between sittings: refused, unless asked for
+    path = ab.shard_path("mini-toy", "0/1")
+    rec = __import__("json").loads(path.read_text())
+    rec["runs"] = rec["runs"][:1]
+    path.write_text(__import__("json").dumps(rec))
+    inputs[0] = "B"
+    with pytest.raises(SystemExit, match="remade"):
+        ab.run(P, seeds, variants, command="fourth", **kw)
+    assert len(ab.run(P, seeds, variants, command="fourth", new_inputs=True, **kw)["runs"]) == 4
+    assert (tmp_path / "ablation_mini-toy.md").is_file()
 
 
 def test_claim_verdicts_pair_runs_by_seed(tmp_path, monkeypatch):

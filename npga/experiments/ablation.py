@@ -361,12 +361,15 @@ def shard_path(profile_name: str, shard: str, experiment: str = "ablation") -> P
 
 
 def jobs(variants, seeds, shard: str | None = None) -> list[tuple[str, int]]:
-    """The (variant, seed) runs in table order; with ``shard="i/n"`` every n-th one from i.
+    """The (variant, seed) runs, seed by seed; with ``shard="i/n"`` every n-th one from i.
 
-    Round-robin, so that two shards on two cores get the same mix of cheap and costly
-    variants and finish together.
+    Seed-major, so that a run stopped for lack of time (``--resume`` continues it) has every
+    variant for its first seeds rather than every seed of its first variants. Each seed's
+    variants are rotated by the seed before the round-robin, so that two shards on two cores
+    get the same mix of cheap and costly variants and finish together.
     """
-    all_jobs = [(v, s) for v in variants for s in seeds]
+    variants = list(variants)
+    all_jobs = [(variants[(k + s) % len(variants)], s) for s in seeds for k in range(len(variants))]
     if shard is None:
         return all_jobs
     try:
@@ -397,7 +400,7 @@ def merge(profile_name: str, command: str = "", experiment: str = "ablation", pa
         for k in keys:
             if r[k] != parts[0][k]:
                 raise SystemExit(f"{p}: {k} = {r[k]!r} differs from {paths[0].name}'s {parts[0][k]!r}")
-    order = {j: n for n, j in enumerate(jobs(parts[0]["variants"], parts[0]["seeds"]))}
+    order = {(v, s): n for n, (v, s) in enumerate((v, s) for v in parts[0]["variants"] for s in parts[0]["seeds"])}
     runs = sorted((run_ for r in parts for run_ in r["runs"]), key=lambda r_: order[(r_["name"], r_["seed"])])
     missing = set(order) - {(r["name"], r["seed"]) for r in runs}
     if missing and not partial:
@@ -415,30 +418,72 @@ def merge(profile_name: str, command: str = "", experiment: str = "ablation", pa
     return res
 
 
+def _inputs_fingerprint(profile: Profile, prepared) -> str:
+    """What the avatars are made from (the prior's weights, the tracked codes of participant 0)."""
+    from npga.avatar.train import inputs_fingerprint
+    from npga.capture.dataset import open_dataset
+
+    return inputs_fingerprint(profile, open_dataset(profile.data_root).participant(0), prepared[1])
+
+
 def run(profile: Profile, seeds, variants, iterations: int | None = None, command: str = "",
         progress: bool = False, write: bool = True, eval_frames: int | None = None,
-        overrides: dict | None = None, shard: str | None = None, experiment: str = "ablation") -> dict:
+        overrides: dict | None = None, shard: str | None = None, experiment: str = "ablation",
+        name: str | None = None, resume: bool = False, new_inputs: bool = False) -> dict:
     """Train and score every (variant, seed), writing results after each run.
 
     ``shard="i/n"`` runs only that share of the runs (see :func:`jobs`) and writes it to
-    :func:`shard_path`; :func:`merge` combines the shards into the table.
+    :func:`shard_path`; :func:`merge` combines the shards into the table. ``name`` is the
+    record's name (default the profile's; ``--record TAG`` makes it ``{profile}-{TAG}``).
+    With ``resume`` the runs already in the shard file are kept and skipped, provided its
+    settings are the same: a record longer than one sitting is made in several. Each run
+    stores the fingerprint of the head model and tracking it was trained from; a resume on
+    different ones (data regenerated between sittings) is refused unless ``new_inputs``.
     """
     from npga.avatar.train import prepare
     from npga.io import write_json
 
+    name = name or profile.name
     t0 = time.perf_counter()
-    prepared = prepare(profile, progress=progress)
     runs: list[dict] = []
+    earlier_seconds, commands, machines = 0.0, [command], [machine()]
+    if resume:
+        if shard is None:
+            raise SystemExit("--resume needs --shard (the runs so far are read from the shard file)")
+        path = shard_path(name, shard, experiment)
+        if path.exists():
+            old = json.loads(path.read_text())
+            want = {"seeds": list(seeds), "iterations": iterations or profile.avatar.iterations,
+                    "avatar_overrides": overrides or {}, "eval_frames": eval_frames,
+                    "variants": {k: ALL_VARIANTS[k] for k in variants}}
+            for k, v in want.items():
+                if old.get(k) != json.loads(json.dumps(v)):
+                    raise SystemExit(f"--resume: {path} has {k} = {old.get(k)!r}, this run {v!r}; "
+                                     "resume with the same settings or delete the file")
+            runs = list(old["runs"])
+            earlier_seconds = float(old["total_seconds"])
+            commands = [old["command"], command]
+            machines = list(dict.fromkeys(old["machine"].split(" | ") + machines))
+            print(f"resuming {path.name}: {len(runs)} runs done", flush=True)
+    done = {(r["name"], r["seed"]) for r in runs}
+    prepared = prepare(profile, progress=progress)
+    fp = _inputs_fingerprint(profile, prepared)
+    before = sorted({r.get("inputs_fingerprint") for r in runs} - {fp, None})
+    if before and not new_inputs:
+        raise SystemExit(f"--resume: the runs so far were trained from inputs {before}, these are {fp!r} "
+                         "(data, head model or tracking remade since); pass --new-inputs to continue anyway")
 
     def result(complete: bool) -> dict:
         return {
-            "profile": profile.name, "command": command, "machine": machine(), "complete": complete,
+            "profile": profile.name, "record": name, "command": " ; ".join(commands),
+            "machine": " | ".join(machines), "complete": complete,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "seeds": list(seeds), "iterations": iterations or profile.avatar.iterations,
             "avatar_overrides": overrides or {}, "eval_frames": eval_frames,
             "variants": {k: ALL_VARIANTS[k] for k in variants}, "runs": runs, "table": summarise(runs),
             "experiment": experiment,
-            "paper_quoted": PAPER_QUOTED, "total_seconds": time.perf_counter() - t0, "shard": shard,
+            "paper_quoted": PAPER_QUOTED, "shard": shard,
+            "total_seconds": earlier_seconds + time.perf_counter() - t0,
         }
 
     def save(res: dict) -> None:
@@ -446,23 +491,26 @@ def run(profile: Profile, seeds, variants, iterations: int | None = None, comman
         if not write:
             return
         if shard is not None:
-            path = shard_path(profile.name, shard, experiment)
+            path = shard_path(name, shard, experiment)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, res)
             return
-        write_table(profile.name, res, experiment)
+        write_table(name, res, experiment)
 
-    for name, seed in jobs(variants, seeds, shard):
-        r = train_variant(profile, name, seed, iterations=iterations, prepared=prepared, progress=progress,
+    for variant, seed in jobs(variants, seeds, shard):
+        if (variant, seed) in done:
+            continue
+        r = train_variant(profile, variant, seed, iterations=iterations, prepared=prepared, progress=progress,
                           eval_frames=eval_frames)
         keep = {k: r[k] for k in ("name", "seed", "spec", "metrics", "gap_psnr", "n_gaussians",
                                   "train_seconds", "eval_seconds")}
+        keep["inputs_fingerprint"] = fp
         adc = r["parts"].get("adc")
         # what density control did (clones, splits, prunes over the run): shows whether the cap bound
         keep["adc"] = ({k: int(sum(h.get(k, 0) for h in adc.history)) for k in ("clone", "split", "prune")}
                        if adc is not None else None)
         runs.append(keep)
-        print(f"{name:20s} seed {seed}: novel {r['metrics']['novel_view']['psnr']:.2f}  "
+        print(f"{variant:20s} seed {seed}: novel {r['metrics']['novel_view']['psnr']:.2f}  "
               f"self {r['metrics']['self_reenactment']['psnr']:.2f}  gap {r['gap_psnr']:.2f}  "
               f"N={r['n_gaussians']}  {r['train_seconds']:.0f}s", flush=True)
         save(result(False))
@@ -489,14 +537,21 @@ def main(argv=None) -> None:
     ap.add_argument("--merge", action="store_true", help="combine the profile's shard files into the table")
     ap.add_argument("--partial", action="store_true",
                     help="with --merge: accept unfinished shards, record the missing runs, mark incomplete")
+    ap.add_argument("--record", default=None, metavar="TAG",
+                    help="write the record (and its shards) as {profile}-{TAG}, beside the profile's own")
+    ap.add_argument("--resume", action="store_true",
+                    help="with --shard: keep the runs already in the shard file and do the rest")
+    ap.add_argument("--new-inputs", action="store_true",
+                    help="with --resume: continue although the data or head model were remade since")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (the pair-list rasterizer is fastest on one; see render_cpu.json)")
     args = ap.parse_args(argv)
     P = get_profile(args.profile)
     cmd = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    record = f"{P.name}-{args.record}" if args.record else P.name
     if args.merge:
-        print(to_markdown(merge(P.name, command=cmd.strip(), experiment=args.experiment, partial=args.partial)))
+        print(to_markdown(merge(record, command=cmd.strip(), experiment=args.experiment, partial=args.partial)))
         return
     if P.device == "cpu":
         torch.set_num_threads(args.threads)
@@ -510,7 +565,8 @@ def main(argv=None) -> None:
         P = with_overrides(P, avatar=overrides)
     variants = args.variants or list(POSE_VARIANTS if args.experiment == "pose" else VARIANTS)
     res = run(P, args.seeds, variants, args.iterations, command=cmd.strip(), progress=args.progress,
-              eval_frames=args.eval_frames, overrides=overrides, shard=args.shard, experiment=args.experiment)
+              eval_frames=args.eval_frames, overrides=overrides, shard=args.shard, experiment=args.experiment,
+              name=record, resume=args.resume, new_inputs=args.new_inputs)
     print(to_markdown(res))
 
 
@@ -605,6 +661,24 @@ def experiment_main(argv: list[str] | None, name: str, doc: str, config_for_prof
     write_table(P.name, res, experiment=name if args.record is None else f"{name}-{args.record}", markdown=md)
     print(md)
     return 0
+
+
+def seed_pairs_plot(ax, labels: list[str], values, ylabel: str, title: str) -> None:
+    """One grey line per seed joining its values under ``labels``, and the mean as a diamond.
+
+    ``values`` (len(labels), S): the paired design drawn as it is tested, so a reader sees
+    whether the seeds agree on the direction, not only where the means lie.
+    """
+    vals = np.asarray(values, dtype=float)  # (L, S)
+    x = np.arange(len(labels))
+    for s in range(vals.shape[1]):
+        ax.plot(x, vals[:, s], "-", color="0.7", lw=1)
+    ax.plot(x, vals, "o", color="tab:blue", ms=4)
+    ax.plot(x, vals.mean(1), "D", color="k", ms=7, label="mean over seeds")
+    ax.set_xticks(x, labels)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
 
 
 def format_p(p: float) -> str:

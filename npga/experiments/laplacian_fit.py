@@ -32,7 +32,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
-import numpy as np
 import torch
 
 from npga.config import Profile
@@ -41,6 +40,7 @@ from npga.experiments.ablation import (
     experiment_main,
     format_p,
     judge,
+    seed_pairs_plot,
     machine,
     paired_difference,
     record_footer,
@@ -243,17 +243,8 @@ def figure(res: dict):
         ax[0].legend(fontsize=8)
     else:
         ax[0].axis("off")
-    key = "heldout_rms_mm"
-    x = np.arange(len(VARIANTS))
-    vals = np.array([res["table"][v][key]["values"] for v in VARIANTS])  # (3, S)
-    for s in range(vals.shape[1]):
-        ax[1].plot(x, vals[:, s], "-", color="0.7", lw=1)
-    ax[1].plot(x, vals, "o", color="tab:blue", ms=4)
-    ax[1].plot(x, vals.mean(1), "D", color="k", ms=7, label="mean over seeds")
-    ax[1].set_xticks(x, VARIANTS)
-    ax[1].set_ylabel("held-out RMS error (mm)")
-    ax[1].set_title(f"test expressions, {vals.shape[1]} seeds")
-    ax[1].legend(fontsize=8)
+    vals = [res["table"][v]["heldout_rms_mm"]["values"] for v in VARIANTS]  # (3, S)
+    seed_pairs_plot(ax[1], list(VARIANTS), vals, "held-out RMS error (mm)", f"test expressions, {len(vals[0])} seeds")
     fig.tight_layout()
     return fig
 

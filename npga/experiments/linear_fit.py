@@ -56,6 +56,7 @@ from npga.experiments.ablation import (
     experiment_main,
     format_p,
     judge,
+    seed_pairs_plot,
     machine,
     paired_difference,
     record_footer,
@@ -355,17 +356,9 @@ def figure(res: dict):
     ax[0].set_ylabel("RMS vertex error (mm)")
     ax[0].set_title("held-out scans (band: range over seeds)")
     ax[0].legend(fontsize=8)
-    key = "test_rms_mm"
-    vals = np.array([res["table"][m][key]["values"] for m in MODELS[:2]])  # (2, S)
-    xs = np.arange(2)
-    for s in range(vals.shape[1]):
-        ax[1].plot(xs, vals[:, s], "-", color="0.7", lw=1)
-    ax[1].plot(xs, vals, "o", color="tab:blue", ms=4)
-    ax[1].plot(xs, vals.mean(1), "D", color="k", ms=7, label="mean over seeds")
-    ax[1].set_xticks(xs, [label[m] for m in MODELS[:2]])
-    ax[1].set_ylabel("RMS error, held-out scans (mm)")
-    ax[1].set_title(f"equal latent size, {vals.shape[1]} seeds")
-    ax[1].legend(fontsize=8)
+    vals = [res["table"][m]["test_rms_mm"]["values"] for m in MODELS[:2]]  # (2, S)
+    seed_pairs_plot(ax[1], [label[m] for m in MODELS[:2]], vals, "RMS error, held-out scans (mm)",
+                    f"equal latent size, {len(vals[0])} seeds")
     fig.tight_layout()
     return fig
 
