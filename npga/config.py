@@ -5,8 +5,9 @@ Three profiles share all code and differ only in sizes:
 * ``mini`` -- CI and a first reading on a 2-core laptop: tiny images, few frames,
   small networks, a few hundred iterations. Every chapter in about a minute.
 * ``cpu``  -- a laptop session: results good enough to see each effect. Sized so that
-  the whole pipeline plus the 18-run ablation (chapters 6-8) fits in about two hours
-  on 2 cores (see benchmarks/results/ablation_cpu.md).
+  the whole pipeline plus the 18-run ablation (chapters 6-8) fits in about two and a
+  half hours on 2 cores (inputs ~30 min on one core, the ablation 111 min on two; see
+  benchmarks/results/ablation_cpu.md).
 * ``gpu``  -- one CUDA GPU at NPGA's evaluation resolution (550 x 802) with gsplat.
 
 Select a profile by name (``get_profile("cpu")``), by the notebook parameter
