@@ -112,3 +112,39 @@ def test_tracking_with_smoothness_and_sequence_boundaries():
     jump_true = np.abs(ze0[T] - ze0[T - 1]).sum()
     jump_fit = np.abs(smooth[T] - smooth[T - 1]).sum()
     assert jump_fit > 0.8 * jump_true
+
+
+
+_SIFT_SCRIPT = """
+import hashlib, sys
+import numpy as np
+from npga.capture.dataset import open_dataset
+from npga.headmodels.colmap_points import sift_features
+# a frame of the mini data whose SIFT descriptors changed from process to process before
+# the border filter (a keypoint with two orientations 5 px above the bottom edge)
+seq = open_dataset(sys.argv[1]).participant(1).sequence("EXP-8-jaw-1")
+images = np.stack([seq.load_image(2, c.serial) for c in seq.cameras()])
+h = hashlib.sha1()
+for xy, desc in sift_features(images, border=float(sys.argv[2])):
+    assert (xy >= 0).all() and (xy[:, 0] < images.shape[2]).all() and (xy[:, 1] < images.shape[1]).all()
+    h.update(xy.tobytes()); h.update(desc.tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_sift_features_are_the_same_in_every_process():
+    """pycolmap's CPU SIFT is not reproducible near the image edge; the border filter makes it so."""
+    import subprocess
+    import sys
+
+    from npga.config import get_profile
+
+    root = get_profile("mini").data_root
+    if not (root / "dataset.json").is_file():
+        pytest.skip(f"no mini dataset at {root} (make data builds it; make test does first)")
+    runs = [
+        subprocess.run([sys.executable, "-c", _SIFT_SCRIPT, str(root), "8"], capture_output=True, text=True)
+        for _ in range(5)
+    ]
+    assert all(r.returncode == 0 for r in runs), [r.stderr[-2000:] for r in runs]
+    assert len({r.stdout.strip() for r in runs}) == 1, [r.stdout for r in runs]

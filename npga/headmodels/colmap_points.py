@@ -57,6 +57,7 @@ def sift_features(
     max_features: int = 4096,
     peak_threshold: float = 0.001,
     min_alpha: float = 0.99,
+    border: float = 8.0,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """SIFT per image: ``[(keypoints (n, 2) pixels, descriptors (n, 128) unit float32)]``.
 
@@ -65,6 +66,12 @@ def sift_features(
     ``peak_threshold`` is far lower than COLMAP's default (1/150) because small images of
     a smooth face have little contrast (at 88 x 128 pixels the default finds ~25 points
     per frame, this ~50).
+
+    Keypoints closer than ``border`` pixels to the image edge are dropped: pycolmap 4.2's
+    CPU SIFT returns run-to-run different descriptors for some of them (measured on a
+    mini frame: 2 of 749 descriptors, a keypoint 5 px from the edge, 5 different results
+    in 5 processes; with an 8 px border 5 of 5 identical), and one changed match changes
+    the tracking downstream.
     """
     import pycolmap
 
@@ -79,6 +86,10 @@ def sift_features(
         kp, desc = extractor.extract_from_uint8_array(_gray_uint8(image, None))
         xy = np.asarray(pycolmap.keypoints_to_matrix(kp), np.float64).reshape(-1, 4)[:, :2]
         desc = np.asarray(desc.data, np.float32).reshape(len(xy), -1)
+        H, W = image.shape[:2]
+        inside = ((xy[:, 0] >= border) & (xy[:, 0] < W - border)
+                  & (xy[:, 1] >= border) & (xy[:, 1] < H - border))
+        xy, desc = xy[inside], desc[inside]
         if alphas is not None and len(xy):
             a = alphas[c]
             ix = np.clip(np.floor(xy[:, 0]).astype(int), 0, a.shape[1] - 1)
