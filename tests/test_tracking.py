@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from npga.capture.cameras import nersemble_rig
+from npga.config import get_profile
 from npga.headmodels.colmap_points import fundamental, match_pair, triangulate_frame
 from npga.headmodels.geometry import marching_cubes, point_to_mesh, sample_surface
 from npga.headmodels.linear3dmm import Linear3DMM
@@ -114,7 +118,6 @@ def test_tracking_with_smoothness_and_sequence_boundaries():
     assert jump_fit > 0.8 * jump_true
 
 
-
 _SIFT_SCRIPT = """
 import hashlib, sys
 import numpy as np
@@ -125,7 +128,7 @@ from npga.headmodels.colmap_points import sift_features
 seq = open_dataset(sys.argv[1]).participant(1).sequence("EXP-8-jaw-1")
 images = np.stack([seq.load_image(2, c.serial) for c in seq.cameras()])
 h = hashlib.sha1()
-for xy, desc in sift_features(images, border=float(sys.argv[2])):
+for xy, desc in sift_features(images):
     assert (xy >= 0).all() and (xy[:, 0] < images.shape[2]).all() and (xy[:, 1] < images.shape[1]).all()
     h.update(xy.tobytes()); h.update(desc.tobytes())
 print(h.hexdigest())
@@ -134,16 +137,11 @@ print(h.hexdigest())
 
 def test_sift_features_are_the_same_in_every_process():
     """pycolmap's CPU SIFT is not reproducible near the image edge; the border filter makes it so."""
-    import subprocess
-    import sys
-
-    from npga.config import get_profile
-
     root = get_profile("mini").data_root
     if not (root / "dataset.json").is_file():
         pytest.skip(f"no mini dataset at {root} (make data builds it; make test does first)")
     runs = [
-        subprocess.run([sys.executable, "-c", _SIFT_SCRIPT, str(root), "8"], capture_output=True, text=True)
+        subprocess.run([sys.executable, "-c", _SIFT_SCRIPT, str(root)], capture_output=True, text=True)
         for _ in range(5)
     ]
     assert all(r.returncode == 0 for r in runs), [r.stderr[-2000:] for r in runs]
