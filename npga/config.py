@@ -169,14 +169,22 @@ class Profile:
         Every cache appends the key of the sections it depends on to its folder or file
         name, so a profile changed with :func:`with_overrides` (an exercise, an experiment)
         trains into places of its own: it never silently loads, nor overwrites, the models
-        the book's chapters read. The seed is not part of any key: the book trains head
-        models and priors once per profile, and seeds vary the avatars' optimisation only.
+        the book's chapters read. The seed is not part of these keys: the book trains head
+        models and priors once per profile, and seeds vary the avatars' optimisation only;
+        stored avatars add :attr:`seed_key`.
         """
         base = _PROFILES.get(self.name)
         if base is not None and all(getattr(base, s) == getattr(self, s) for s in sections):
             return ""
         blob = json.dumps({s: asdict(getattr(self, s)) for s in sections}, sort_keys=True, default=str)
         return "-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    @property
+    def seed_key(self) -> str:
+        """"" for the named profile's seed, else ``-seed{N}``: stored avatars of another seed
+        are other runs (:func:`npga.avatar.train.avatar_dir`)."""
+        base = _PROFILES.get(self.name)
+        return "" if base is not None and base.seed == self.seed else f"-seed{self.seed}"
 
     @property
     def data_root(self) -> Path:

@@ -323,8 +323,19 @@ def test_claim_verdicts_pair_runs_by_seed(tmp_path, monkeypatch):
     (tmp_path / "ablation_toy.json").write_text(__import__("json").dumps({"table": table}))
     v = {(r["a"], r["b"], r["metric"]): r["verdict"] for r in ab.claim_verdicts("toy")}
     assert v[("features", "vanilla", "self_reenactment_psnr")] == "contradicted"
+    # the geometric measure is printed beside the claim, in mm, when the runs stored it
+    vals = lambda v: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)), "values": list(v)}  # noqa: E731
+    table["vanilla"]["self_reenactment_surface_mm"] = vals([2.0, 2.5, 3.0])
+    table["features"]["self_reenactment_surface_mm"] = vals([1.5, 2.0, 2.5])
+    (tmp_path / "ablation_toy.json").write_text(__import__("json").dumps({"table": table}))
     text = ab.claims_table("toy")
     assert "contradicted" in text and "| not run |" in text and "Holm" in text
+    assert "surface distance -0.50 mm" in text
+    cmp = ab.comparison_table("toy", [("features", "vanilla", "features")])
+    assert "surface distance, mm" in cmp and "-0.50 [" in cmp and "negative = closer" in cmp
+    psnr_only = ab.comparison_table("toy", [("features", "vanilla", "features")],
+                                    keys=(("self_reenactment_psnr", "self-reen. PSNR, dB"),))
+    assert "-0.30 [" in psnr_only and "surface" not in psnr_only.lower()
 
 
 def test_holm_adjusts_in_step_down_order_and_keeps_nan():

@@ -38,6 +38,11 @@ def test_changed_sections_get_their_own_caches():
     octaves = with_overrides(P, avatar={"detail_freqs": P.avatar.detail_freqs + 2})
     assert avatar_dir(octaves, "vanilla") != avatar_dir(P, "vanilla")
     assert avatar_dir(P, "vanilla") == P.cache_root / "avatars" / "vanilla"
+    # another seed is another run: load_or_train_avatar must not return the seed-0 avatar
+    seed1 = with_overrides(P, seed=P.seed + 1)
+    assert avatar_dir(seed1, "vanilla") == P.cache_root / "avatars" / f"vanilla-seed{P.seed + 1}"
+    assert avatar_dir(with_overrides(octaves, seed=P.seed + 1), "vanilla") not in (
+        avatar_dir(octaves, "vanilla"), avatar_dir(seed1, "vanilla"))
 
 
 def test_tracking_with_other_head_model_settings_is_refused_before_any_work():

@@ -356,3 +356,29 @@ def test_frames_are_numbers_not_indices_on_subsampled_sequences(tmp_path):
     assert by_number.shape == (H, W, 3)
     with pytest.raises(DatasetError, match=r"no frame 1 \(frames 0\.\.9\)"):
         seq.load_image(1, TRAIN)
+
+
+def test_colmap_points_of_a_subsampled_sequence_read_its_frame_numbers(tmp_path, monkeypatch):
+    """sequence_points must ask for frames 0, 3, 6, 9, not indices 0..3 (which load_image
+    refuses on a subsampled capture); triangulation itself is stubbed to record its images."""
+    from npga.headmodels import fitting
+    from npga.headmodels.colmap_points import PointCloud
+
+    root = make_fixture(tmp_path, frames=4, gt=False)
+    seq_dir = root / "000" / "sequences" / "SEQ"
+    for t, new in ((3, 9), (2, 6), (1, 3)):
+        (seq_dir / f"frame_{t:05d}").rename(seq_dir / f"frame_{new:05d}")
+    seq = open_dataset(root).participant(0).sequence("SEQ")
+    seen = []
+
+    def fake_triangulate(images, cams, alphas):
+        seen.append(images.copy())
+        n = len(seen)
+        return PointCloud(np.full((n, 3), float(n)), np.full(n, 2), np.zeros(n), np.zeros((n, 3), np.float32))
+
+    monkeypatch.setattr(fitting, "triangulate_frame", fake_triangulate)
+    pts = fitting.sequence_points(seq)
+    assert [len(p) for p in pts] == [1, 2, 3, 4]  # one cloud per frame, in frame order
+    for img, frame in zip(seen, seq.frames):
+        assert np.array_equal(img[0], seq.load_image(frame, seq.cameras()[0].serial))
+    assert fitting.sequence_points(seq)[3].shape == (4, 3)  # the cache is read back

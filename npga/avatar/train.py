@@ -430,8 +430,10 @@ def train(
 
 def avatar_dir(profile: Profile, name: str) -> Path:
     """Where the book's run ``name`` is stored; changed head-model, prior or avatar settings
-    store their runs apart (:meth:`npga.config.Profile.variant_key`)."""
-    key = profile.variant_key("head_model", "deform", "avatar")
+    store their runs apart (:meth:`npga.config.Profile.variant_key`), and so does a seed other
+    than the profile's (``{name}-seed1``): the seed changes the avatar's optimisation, so a
+    stored run of another seed is another run."""
+    key = profile.variant_key("head_model", "deform", "avatar") + profile.seed_key
     return Path(profile.cache_root) / "avatars" / f"{name}{key}"
 
 

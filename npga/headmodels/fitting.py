@@ -62,7 +62,8 @@ SURFACE_PARTS = ("skin", "hair", "ear_l", "ear_r", "eyelid_l", "eyelid_r")
 
 
 def frame_point_cloud(sequence, frame: int, seed: int = 0) -> PointCloud:
-    """COLMAP points of frame ``frame`` (index) of a :class:`npga.capture.dataset.Sequence`, all cameras."""
+    """COLMAP points of frame number ``frame`` (an entry of ``sequence.frames``, not an index:
+    subsampled captures skip numbers) of a :class:`npga.capture.dataset.Sequence`, all cameras."""
     cams = sequence.cameras()
     images = np.stack([sequence.load_image(frame, c.serial) for c in cams])
     alphas = np.stack([sequence.load_alpha(frame, c.serial) for c in cams])
@@ -88,8 +89,8 @@ def sequence_points(sequence, progress=None) -> list[np.ndarray]:
                 pts = np.split(z["points"], np.cumsum(counts)[:-1])
                 return [p.astype(np.float64) for p in pts]
     clouds = []
-    for t in range(T):
-        clouds.append(frame_point_cloud(sequence, t))
+    for frame in sequence.frames:
+        clouds.append(frame_point_cloud(sequence, frame))
         if progress is not None:
             progress.update(1)
     pts = [c.points for c in clouds]
