@@ -87,6 +87,12 @@ class FitResult:
 # --------------------------------------------------------------------------- geometry
 
 
+def sh_degree_at(step: int, opt: OptimConfig) -> int:
+    """The SH degree in use at ``step``: 3DGS raises it by one every ``opt.sh_degree_every``
+    steps, up to ``opt.sh_degree``."""
+    return min(step // opt.sh_degree_every, opt.sh_degree)
+
+
 def scene_extent(cameras: list[Camera]) -> float:
     """3DGS's scene radius: 1.1 x the largest distance of a camera centre from their mean."""
     centres = np.stack([c.center for c in cameras])
@@ -327,7 +333,7 @@ def fit_static(
     n_cams = min(opt.cameras_per_step, len(cameras))
     for step in range(cfg.iterations):
         optimizers["means"].param_groups[0]["lr"] = opt.lr_means * extent * math.exp(decay * step)
-        degree = min(step // opt.sh_degree_every, opt.sh_degree)
+        degree = sh_degree_at(step, opt)
         ids = torch.randperm(len(cameras), generator=gen)[:n_cams].tolist()
         colors, _, meta = render_static(params, [cameras[i] for i in ids], degree, opt.backend)
         if densify:
@@ -372,7 +378,7 @@ def fit_static(
         bar.close()
     for v in params.values():
         v.requires_grad_(False)
-    degree = min((cfg.iterations - 1) // opt.sh_degree_every, opt.sh_degree)
+    degree = sh_degree_at(cfg.iterations - 1, opt)
     return FitResult(params, degree, extent, history, log, time.perf_counter() - t0)
 
 
@@ -409,5 +415,6 @@ __all__ = [
     "fit_static",
     "render_static",
     "scene_extent",
+    "sh_degree_at",
     "visual_hull_points",
 ]
