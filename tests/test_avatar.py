@@ -201,3 +201,18 @@ def test_old_avatar_states_load_without_pose_and_ply_takes_the_pose(tmp_path):
     torch.testing.assert_close(posed["means"].data, head["means"] @ R.T + t)
     # G's opacity offset is baked into the exported logits
     torch.testing.assert_close(posed["opacities"].data, (av.gaussians["opacities"] + head["opacities"]).detach())
+
+
+@pytest.mark.parametrize("appearance", [False, True])
+def test_posed_means_equal_the_exported_gaussians(appearance):
+    """posed_means (F without its Jacobian, for geometric measures) gives the means and
+    opacities of posed_gaussians, with and without the head pose and G's opacity offset."""
+    av = _avatar(feature_dim=2, dynamic_appearance=appearance)
+    _nudge_detail(av)
+    z = torch.randn(E)
+    for pose in (None, _pose()):
+        means, opacity = av.posed_means(z, pose)
+        full = av.posed_gaussians(z, pose)
+        torch.testing.assert_close(means, full["means"].data, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(opacity, torch.sigmoid(full["opacities"].data), atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(av.posed_means(z, _pose())[0], av.posed_means(z)[0])

@@ -220,6 +220,21 @@ def test_analytic_jacobian_equals_autograd_in_float64(n_freqs, id_dims):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-6), (a - b).abs().max()
 
 
+def test_fused_silu_tangent_passes_gradcheck_with_either_output_unused():
+    """_SiluTangent's hand-written backward: numerical gradients of both outputs (float64),
+    and of each alone (the other output's gradient arrives as None)."""
+    from npga.deformation.field import _SiluTangent
+
+    torch.manual_seed(0)
+    z = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    dz = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_SiluTangent.apply, (z, dz))
+    assert torch.autograd.gradcheck(lambda a, b: _SiluTangent.apply(a, b)[0], (z, dz))
+    assert torch.autograd.gradcheck(lambda a, b: _SiluTangent.apply(a, b)[1], (z, dz))
+    h, dh = _SiluTangent.apply(z, dz)
+    assert torch.allclose(h, torch.nn.functional.silu(z))
+
+
 def test_deform_gaussians_analytic_jacobian_matches_autograd_and_needs_a_forward_field(warp):
     torch.manual_seed(0)
     field = ForwardField(exp_dims=12, id_dims=8, hidden=32, layers=3, n_freqs=2)

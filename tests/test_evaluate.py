@@ -125,3 +125,33 @@ def test_surface_distance_sees_gaussians_pushed_off_the_surface(setup):
     res = evaluate_avatar_splits(av, part, P, max_frames=1, geometry=True)
     assert res["self_reenactment"]["surface_mm"] is not None and "surface_mm" in res["novel_view"]
     assert "surface_mm" not in evaluate_avatar_splits(av, part, P, max_frames=1)["novel_view"]
+
+
+def test_region_masks_are_cached_per_frame_and_camera_and_equal_a_fresh_render(setup):
+    """region_masks: the first call renders and stores, the next reads the same masks; a
+    damaged file is rendered again; a new camera is added without touching the others."""
+    from npga.avatar.evaluate import REGION_CACHE, REGION_KEYS, region_masks
+
+    P, part, _ = setup
+    seq = part.sequence("FREE")
+    cams = seq.cameras(part.heldout_serials[:2])
+    gt = seq.ground_truth()
+    fi = len(seq.frames) - 1
+    folder = seq.path / REGION_CACHE
+    for p in folder.glob(f"frame_{int(seq.frames[fi]):05d}_*.npz"):
+        p.unlink()
+    fresh = part.synth_head().render_regions(cams, gt.z_exp[fi], gt.untracked[fi])
+    first = region_masks(part, seq, cams, fi, gt)
+    files = sorted(folder.glob(f"frame_{int(seq.frames[fi]):05d}_*.npz"))
+    assert [p.name.split("_", 2)[2] for p in files] == sorted(f"{c.serial}.npz" for c in cams)
+    files[0].write_bytes(b"damaged")
+    again = region_masks(part, seq, cams, fi)
+    for k in REGION_KEYS:
+        assert first[k].shape == (2, P.data.height, P.data.width)
+        np.testing.assert_array_equal(first[k], fresh[k])
+        np.testing.assert_array_equal(again[k], fresh[k])
+    assert fresh["face"].sum() > 0
+    more = seq.cameras(part.heldout_serials[:3])
+    stamp = files[1].stat().st_mtime_ns
+    three = region_masks(part, seq, more, fi)
+    assert three["face"].shape[0] == 3 and files[1].stat().st_mtime_ns == stamp

@@ -176,3 +176,35 @@ def test_short_training_improves_heldout_psnr_by_5db(capture):
     assert gain_masked >= 3.0, f"held-out PSNR on the head region improved by only {gain_masked:.2f} dB"
     assert after["self_reenactment"]["psnr"] > before["self_reenactment"]["psnr"]
     assert res.history["psnr"][-1] > res.history["psnr"][0]
+
+
+def test_laplacian_reads_g_from_the_render_and_g_runs_once_per_step(capture):
+    """The dynamics term uses the render's G outputs: the same value and gradients as
+    running G again, and a training step evaluates G once."""
+    from npga.avatar.regularizers import LaplacianRegularizer
+
+    P, part = capture
+    data = TrainData(part, [SEQS[0]], codes="nphm")
+    av = make_avatar(P, part, 200)
+    with torch.no_grad():  # G away from its zero start, so its offsets vary over the graph
+        for p in av.detail.parameters():
+            p.normal_(0, 0.3)
+    batch = data.batch(0, [0])
+    reg = LaplacianRegularizer(k=4, w_features=0.0, w_dynamics=1.0)
+    grads = []
+    for use_render in (True, False):
+        out = av.render(batch["z_exp"], batch["viewmats"], batch["Ks"], data.width, data.height, pose=batch["pose"])
+        assert out.detail is not None and set(out.detail) >= {"means", "quats", "scales"}
+        loss = reg(av, out if use_render else None, batch, step=0)
+        av.detail.zero_grad(set_to_none=True)
+        loss.backward()
+        grads.append((float(loss), [p.grad.clone() for p in av.detail.parameters()]))
+    assert grads[0][0] > 0 and abs(grads[0][0] - grads[1][0]) < 1e-6 * grads[0][0]
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8)
+    calls = []
+    handle = av.detail.mlp.register_forward_hook(lambda *_: calls.append(1))
+    cfg = TrainConfig.from_profile(P, iterations=2, checkpoint_every=10**6)
+    train(av, data, cfg, hooks=Hooks(losses={"laplacian": reg}), progress=False)
+    handle.remove()
+    assert len(calls) == 2  # one G evaluation per step

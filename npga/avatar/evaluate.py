@@ -71,7 +71,7 @@ def render_split(
 
                 lat.append(latent_image(out).cpu().numpy())
             if regions is not None:
-                reg = participant.synth_head().render_regions(cams, gt.z_exp[fi], gt.untracked[fi])
+                reg = region_masks(participant, seq, cams, int(fi), gt)
                 for k in regions:
                     regions[k].append(reg[k])
             for c in cams:
@@ -89,6 +89,43 @@ def render_split(
     if latents:
         out["latents"] = np.concatenate(lat)
     return out
+
+
+REGION_KEYS = ("face", "wrinkle", "mouth")
+REGION_CACHE = "region_masks"  # folder of a sequence that holds its cached masks
+
+
+def region_masks(participant, seq, cams, fi: int, gt=None) -> dict[str, np.ndarray]:
+    """SynthHead's ``face``/``wrinkle``/``mouth`` masks (C, H, W) of frame index ``fi`` seen
+    by ``cams`` (:meth:`npga.capture.synthetic.SynthHead.render_regions`), cached on disk.
+
+    The masks depend on the ground truth alone, never on the avatar, yet rendering them
+    costs about as much as rendering the avatar, and every run of an experiment is scored
+    on the same frames. Each (frame, camera) is rendered once and kept in the sequence's
+    ``region_masks/`` folder (atomic writes, so parallel shards may share it;
+    regenerating the dataset removes it with the sequence). An unreadable file is
+    rendered again.
+    """
+    from npga.io import save_npz
+
+    frame = int(seq.frames[fi])
+    folder = seq.path / REGION_CACHE
+    paths = [folder / f"frame_{frame:05d}_{c.serial}.npz" for c in cams]
+    masks: list[dict | None] = []
+    for path in paths:
+        try:
+            with np.load(path) as z:
+                masks.append({k: z[k] for k in REGION_KEYS})
+        except (OSError, ValueError, KeyError, EOFError):  # missing, truncated or foreign
+            masks.append(None)
+    todo = [i for i, m in enumerate(masks) if m is None]
+    if todo:
+        gt = seq.ground_truth() if gt is None else gt
+        reg = participant.synth_head().render_regions([cams[i] for i in todo], gt.z_exp[fi], gt.untracked[fi])
+        for j, i in enumerate(todo):
+            masks[i] = {k: reg[k][j] for k in REGION_KEYS}
+            save_npz(paths[i], **masks[i])
+    return {k: np.stack([m[k] for m in masks]) for k in REGION_KEYS}
 
 
 def _has_ground_truth(participant) -> bool:
@@ -175,9 +212,9 @@ def surface_distance(avatar, participant, sequences: list[str], *, codes: str = 
         if max_frames is not None and len(idx) > max_frames:
             idx = np.unique(np.linspace(0, len(idx) - 1, max_frames).round().astype(int))
         for fi in idx:
-            g = base.posed_gaussians(torch.from_numpy(drive.z_exp[fi]).to(device), _pose(drive, fi, device))
-            w = torch.sigmoid(g["opacities"]).cpu().numpy().astype(np.float64)
-            d = 1e3 * point_to_mesh(g["means"].cpu().numpy(), seq.ground_truth_vertices(int(fi)), faces)
+            means, opacity = base.posed_means(torch.from_numpy(drive.z_exp[fi]).to(device), _pose(drive, fi, device))
+            w = opacity.cpu().numpy().astype(np.float64)
+            d = 1e3 * point_to_mesh(means.cpu().numpy(), seq.ground_truth_vertices(int(fi)), faces)
             dist.append(float((w * d).sum() / w.sum()))
             far.append(float((w * (d > far_mm)).sum() / w.sum()))
     return {"surface_mm": float(np.mean(dist)), "off_surface": float(np.mean(far))}
@@ -255,6 +292,7 @@ __all__ = [
     "evaluate_avatar_splits",
     "evaluate_split",
     "pooled_psnr",
+    "region_masks",
     "render_split",
     "score",
 ]

@@ -57,6 +57,9 @@ class AvatarRender:
     features: Tensor | None  # (C, H, W, feature_dim) rasterized f_i, or None
     meta: dict  # the rasterizer's meta (means2d for densification, radii, ...)
     posed: dict[str, Tensor]  # head-space means (N, 3), quats (N, 4), scales (N, 3) log (+ G's appearance offsets)
+    # G's own offsets at this frame's z_exp (DetailNetwork.outputs), None without G: the
+    # Laplacian term on G's output reads them instead of running G a second time
+    detail: dict[str, Tensor] | None = None
 
 
 class NPGAvatar(nn.Module):
@@ -123,21 +126,44 @@ class NPGAvatar(nn.Module):
         then G's offsets are added (NPGA Sec. 4.2). With a dynamic-appearance G the dict
         also holds its ``colors`` (N, 3) and ``opacities`` (N,) offsets.
         """
+        return self._deform(z_exp)[0]
+
+    def _deform(self, z_exp: Tensor, shapes: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+        """:meth:`deform` and G's offsets (None without G); ``shapes=False``: means (and
+        G's appearance offsets) only, F without its Jacobian."""
         g = self.gaussians
         z_exp = torch.as_tensor(z_exp, dtype=torch.float32, device=g["means"].device).reshape(-1)
-        means, quats, log_scales = deform_gaussians(
-            self.prior, g["means"], g["quats"], g["scales"], z_exp, self.z_id,
-            mode=self.transport, jacobian=self.jacobian,
-        )
-        out = {"means": means, "quats": quats, "scales": log_scales}
+        if shapes:
+            means, quats, log_scales = deform_gaussians(
+                self.prior, g["means"], g["quats"], g["scales"], z_exp, self.z_id,
+                mode=self.transport, jacobian=self.jacobian,
+            )
+            out = {"means": means, "quats": quats, "scales": log_scales}
+        else:
+            out = {"means": self.prior(g["means"], z_exp, *(() if self.z_id is None else (self.z_id,)))}
+        d = None
         if self.detail is not None:
             d = self.detail.outputs(g["means"], g.get("features"), z_exp)
-            out["means"] = means + d["means"]
-            out["quats"] = quats + d["quats"]  # unnormalised, as stored; the rasterizer normalises
-            out["scales"] = log_scales + d["scales"]
+            out["means"] = out["means"] + d["means"]
+            if shapes:
+                out["quats"] = out["quats"] + d["quats"]  # unnormalised, as stored; the rasterizer normalises
+                out["scales"] = out["scales"] + d["scales"]
             if "colors" in d:
                 out["colors"], out["opacities"] = d["colors"], d["opacities"]
-        return out
+        return out, d
+
+    @torch.no_grad()
+    def posed_means(self, z_exp: Tensor, pose: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Means (N, 3) of the avatar posed at z_exp (and head pose) and their opacities
+        (N,) in [0, 1], G's opacity offset included: what a geometric measure needs, at the
+        cost of F without its Jacobian (:meth:`posed_gaussians` has every attribute)."""
+        posed, _ = self._deform(z_exp, shapes=False)
+        means = posed["means"]
+        Rt = self.world_pose(pose, means)
+        if Rt is not None:
+            means = means @ Rt[0].T + Rt[1]
+        logits = self.gaussians["opacities"] + posed.get("opacities", 0.0)
+        return means, torch.sigmoid(logits)
 
     def world_pose(self, pose: tuple[Tensor, Tensor] | None, like: Tensor) -> tuple[Tensor, Tensor] | None:
         """The pose to apply, as tensors like ``like``; None without one or with ``use_pose=False``."""
@@ -163,7 +189,7 @@ class NPGAvatar(nn.Module):
         """Render one frame into C cameras; colour and (optionally) features in one pass."""
         from npga.splatting.render import rasterize
 
-        posed = self.deform(z_exp)
+        posed, detail = self._deform(z_exp)
         g = self.gaussians
         C = viewmats.shape[0]
         degree = self.sh_degree if sh_degree is None else sh_degree
@@ -202,7 +228,7 @@ class NPGAvatar(nn.Module):
             backend=self.backend,
         )
         feats = img[..., 3:] if nf else None
-        return AvatarRender(img[..., :3], alphas, feats, meta, posed)
+        return AvatarRender(img[..., :3], alphas, feats, meta, posed, detail)
 
     # ------------------------------------------------------------------ export
     @torch.no_grad()

@@ -112,10 +112,18 @@ def laplacian_energy(values: Tensor, nbrs: Tensor) -> Tensor:
     return graph_laplacian(values, nbrs).pow(2).sum(-1).mean()
 
 
-def detail_offsets(avatar, z_exp: Tensor) -> Tensor:
-    """G's offsets (N, 10) at code z_exp in G's units: position / G.scale, quaternion, log-scale."""
-    g = avatar.gaussians
-    d_means, d_quats, d_scales = avatar.detail(g["means"], g.get("features"), z_exp)
+def detail_offsets(avatar, z_exp: Tensor, render=None) -> Tensor:
+    """G's offsets (N, 10) at code z_exp in G's units: position / G.scale, quaternion, log-scale.
+
+    ``render``: an :class:`~npga.avatar.model.AvatarRender` of this z_exp, whose ``detail``
+    already holds G's outputs (the trainer's case: G then runs once per step, not twice).
+    """
+    d = getattr(render, "detail", None)
+    if d is None:
+        g = avatar.gaussians
+        d_means, d_quats, d_scales = avatar.detail(g["means"], g.get("features"), z_exp)
+    else:
+        d_means, d_quats, d_scales = d["means"], d["quats"], d["scales"]
     return torch.cat([d_means / avatar.detail.scale, d_quats, d_scales], dim=-1)
 
 
@@ -173,7 +181,7 @@ class LaplacianRegularizer:
         e_feat = laplacian_energy(g["features"], nbrs) if "features" in g and self.w_features else zero
         e_dyn = zero
         if avatar.detail is not None and self.w_dynamics:
-            e_dyn = laplacian_energy(detail_offsets(avatar, batch["z_exp"]), nbrs)
+            e_dyn = laplacian_energy(detail_offsets(avatar, batch["z_exp"], render), nbrs)
         self.last = {"features": float(e_feat.detach()), "dynamics": float(e_dyn.detach())}
         return self.w_features * e_feat + self.w_dynamics * e_dyn
 
