@@ -9,11 +9,14 @@ each from the same initial avatar, hooks and seed, so every path does the same w
   pair-list rasterizer) and ``jacobian="fd"`` (the avatar's former default);
 * ``autograd`` -- ``backend="torch"`` with the autograd Jacobian (double backward);
 * ``after``   -- the defaults now: ``backend="auto"`` (numba on the CPU) and
-  ``jacobian="analytic"`` (F's Jacobian carried through its forward pass).
+  ``jacobian="analytic"`` (F's Jacobian carried through its forward pass), in a process
+  whose allocator :mod:`npga.runtime` tuned (as ``import npga`` does);
+* ``after-untuned`` -- the same with the allocator as it was: what the tuning buys.
 
-The machine is shared and noisy, so the paths alternate: round r runs ``--steps`` steps
-of every path in turn (after ``--warmup`` steps each), and a path's time per step is the
-median over rounds. ``--profile-steps`` also records a torch-profiler table (top ops by
+Each path runs in its own worker process (``--worker``), so that ``before`` also runs
+with the C allocator as it was (``NPGA_MALLOC_TUNING=0``). The machine is shared and
+noisy, so the paths alternate: round r runs ``--steps`` steps of every path in turn
+(after ``--warmup`` steps each), and a path's time per step is the median over rounds. ``--profile-steps`` also records a torch-profiler table (top ops by
 self CPU time) of the ``before`` and ``after`` paths. Results:
 ``benchmarks/results/train_step_{profile}.{json,md}``.
 
@@ -26,7 +29,10 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,9 +50,10 @@ from npga.io import atomic_write, machine_info, write_json  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 PATHS = {
-    "before": dict(backend="torch", jacobian="fd"),
-    "autograd": dict(backend="torch", jacobian="autograd"),
-    "after": dict(backend="auto", jacobian="analytic"),
+    "before": dict(backend="torch", jacobian="fd", allocator="default"),
+    "autograd": dict(backend="torch", jacobian="autograd", allocator="tuned"),
+    "after": dict(backend="auto", jacobian="analytic", allocator="tuned"),
+    "after-untuned": dict(backend="auto", jacobian="analytic", allocator="default"),
 }
 
 
@@ -80,6 +87,54 @@ def run_path(P, avatar0, data, path: dict, steps: int, seed: int = 0, profile: b
     return res.wall_time / steps, None
 
 
+def worker(args) -> None:
+    """One path in this process: reads ``run K`` / ``profile K`` / ``quit`` lines from stdin,
+    answers each with one JSON line (seconds per step, or the profiler's table)."""
+    from npga.runtime import allocator_state
+
+    torch.set_num_threads(args.threads)
+    P, avatar0, data = setup(args.profile)
+    path = PATHS[args.worker]
+    hello = {"gaussians": avatar0.n_gaussians, "image": [data.width, data.height],
+             "batch_cameras": P.avatar.batch_cameras, "allocator": allocator_state()}
+    print(json.dumps(hello), flush=True)
+    for line in sys.stdin:
+        cmd, _, k = line.strip().partition(" ")
+        if cmd == "quit":
+            break
+        t0 = time.perf_counter()
+        s_step, table = run_path(P, avatar0, data, path, int(k), profile=cmd == "profile")
+        print(json.dumps({"s_per_step": s_step, "table": table, "wall": time.perf_counter() - t0}), flush=True)
+
+
+class _Worker:
+    """A ``--worker`` subprocess of one path, driven line by line."""
+
+    def __init__(self, name: str, args) -> None:
+        env = dict(os.environ)
+        env["NPGA_MALLOC_TUNING"] = "1" if PATHS[name]["allocator"] == "tuned" else "0"
+        cmd = [sys.executable, __file__, "--worker", name, "--profile", args.profile, "--threads", str(args.threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.hello = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.proc.args[3]} exited with {self.proc.wait()}")
+        return json.loads(line)
+
+    def ask(self, cmd: str, steps: int) -> dict:
+        self.proc.stdin.write(f"{cmd} {steps}\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--compare", action="store_true", help="time every path side by side (the benchmark)")
@@ -90,43 +145,55 @@ def main(argv=None) -> None:
     ap.add_argument("--profile-steps", type=int, default=5, help="0: no torch-profiler tables")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
+    ap.add_argument("--worker", default=None, choices=list(PATHS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
     if not args.compare:
         ap.error("nothing to do: pass --compare")
-    torch.set_num_threads(args.threads)
     t_setup = time.perf_counter()
-    P, avatar0, data = setup(args.profile)
-    print(f"profile {P.name}: {avatar0.n_gaussians} Gaussians, {data.width} x {data.height}, "
-          f"{P.avatar.batch_cameras} cameras per step (setup {time.perf_counter() - t_setup:.1f} s)")
-    t0 = time.perf_counter()
-    for name in args.paths:  # warm-up: image cache, numba compile, allocator
-        run_path(P, avatar0, data, PATHS[name], args.warmup)
-    first_use = time.perf_counter() - t0
-    times: dict[str, list[float]] = {k: [] for k in args.paths}
-    for r in range(args.rounds):
-        for name in args.paths:
-            s, _ = run_path(P, avatar0, data, PATHS[name], args.steps)
-            times[name].append(s)
-            print(f"round {r}: {name:9s} {s:.3f} s/step")
-    med = {k: statistics.median(v) for k, v in times.items()}
-    tables = {}
-    if args.profile_steps:
-        for name in ("before", "after"):
-            if name in args.paths:
-                _, tables[name] = run_path(P, avatar0, data, PATHS[name], args.profile_steps, profile=True)
+    workers = {name: _Worker(name, args) for name in args.paths}
+    try:
+        hello = next(iter(workers.values())).hello
+        P = get_profile(args.profile)
+        print(f"profile {P.name}: {hello['gaussians']} Gaussians, {hello['image'][0]} x {hello['image'][1]}, "
+              f"{hello['batch_cameras']} cameras per step (setup {time.perf_counter() - t_setup:.1f} s)")
+        t0 = time.perf_counter()
+        for w in workers.values():  # warm-up: image cache, numba compile, allocator
+            w.ask("run", args.warmup)
+        first_use = time.perf_counter() - t0
+        times: dict[str, list[float]] = {k: [] for k in args.paths}
+        for r in range(args.rounds):
+            for name, w in workers.items():
+                s = w.ask("run", args.steps)["s_per_step"]
+                times[name].append(s)
+                print(f"round {r}: {name:9s} {s:.3f} s/step")
+        med = {k: statistics.median(v) for k, v in times.items()}
+        tables = {}
+        if args.profile_steps:
+            for name in ("before", "after"):
+                if name in workers:
+                    tables[name] = workers[name].ask("profile", args.profile_steps)["table"]
+        allocators = {name: w.hello["allocator"] for name, w in workers.items()}
+    finally:
+        for w in workers.values():
+            w.close()
+    width, height = hello["image"]
     res = {
         "benchmark": "one training step of the ablation's full variant, old path vs new, side by side",
         "command": "python benchmarks/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.date.today().isoformat(),
         "machine": machine_info(),
         "profile": P.name,
-        "gaussians": avatar0.n_gaussians,
-        "image": [data.width, data.height],
+        "gaussians": hello["gaussians"],
+        "image": [width, height],
         "batch_cameras": P.avatar.batch_cameras,
         "threads": args.threads,
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "paths": {k: PATHS[k] for k in args.paths},
+        "allocators": allocators,
         "seconds_per_step": {k: {"median": med[k], "all": times[k]} for k in args.paths},
         "speedup_vs_before": {k: med["before"] / med[k] for k in args.paths} if "before" in med else {},
         "warmup_seconds_all_paths": first_use,
@@ -139,18 +206,19 @@ def main(argv=None) -> None:
         "",
         f"`{res['command']}` on {res['date']}; {res['machine'].get('cpu', '')} "
         f"({res['machine'].get('cores', '?')} cores, shared); {args.threads} torch thread(s).",
-        f"Ablation's full variant: {avatar0.n_gaussians} Gaussians at start, {data.width} x {data.height}, "
+        f"Ablation's full variant: {hello['gaussians']} Gaussians at start, {width} x {height}, "
         f"{P.avatar.batch_cameras} cameras per step; median over {args.rounds} alternating rounds of "
         f"{args.steps} steps.",
         "",
-        "| path | rasterizer | F's Jacobian | s / step (median) | all rounds | speed-up vs before |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| path | rasterizer | F's Jacobian | allocator | s / step (median) | all rounds | speed-up vs before |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for k in args.paths:
         sp = res["speedup_vs_before"].get(k)
         sp_text = f"{sp:.2f}x" if sp else "n/a"
         rounds = ", ".join(f"{x:.3f}" for x in times[k])
-        lines.append(f"| {k} | {PATHS[k]['backend']} | {PATHS[k]['jacobian']} | {med[k]:.3f} | {rounds} | {sp_text} |")
+        lines.append(f"| {k} | {PATHS[k]['backend']} | {PATHS[k]['jacobian']} | {PATHS[k]['allocator']} "
+                     f"| {med[k]:.3f} | {rounds} | {sp_text} |")
     for name, table in tables.items():
         lines += ["", f"## torch profiler, `{name}` ({args.profile_steps} steps, top ops by self CPU time)",
                   "", "```", table, "```"]
