@@ -1,21 +1,20 @@
 """Process-wide settings of the CPU path: how the C allocator hands out large blocks.
 
 Training on the CPU makes and frees many large temporaries every step: F's tangents
-(N, 3, H) are 12 MB at 8000 Gaussians, the CNN's activations 11 MB, the rasterizer's
-buffers more. glibc's malloc returns freed memory at the top of its heap to the kernel
-once it exceeds a trim threshold, and serves blocks above a size threshold with mmap;
+(3, N, H) are 12 MB at 8000 Gaussians, the CNN's activations 11 MB, the rasterizer's
+buffers more. glibc's malloc serves blocks above a size threshold with mmap and returns
+freed memory at the top of its heap to the kernel once it exceeds a trim threshold;
 either way the next temporary of that size comes back as fresh pages, and the kernel
-zero-fills every 4 KiB page on first touch (a *page fault*). Measured here on a Xeon,
-one thread: ``x * x`` on a (24000, 128) float32 tensor takes 0.4 ms into an existing
-buffer and 2-9 ms into a new one, ~900 page faults per call; a (24000, 128) x (128, 128)
-matmul runs at 36 instead of 88 GFLOP/s.
+zero-fills every 4 KiB page on first touch (a *page fault*). Measured here (AMD EPYC,
+one thread, steady state after warm-up): one no-grad forward of F with its Jacobian at
+8000 Gaussians (4 x 128) took 17,700 page faults and 91 ms with glibc's defaults, 200
+faults and 55 ms with the settings below; a cpu-profile training step of the full
+variant 0.450 s against 0.403 s (``benchmarks/train_step.py``, path ``after-untuned``).
 
 :func:`tune_allocator` keeps those pages: blocks up to 32 MiB (glibc's largest mmap
 threshold) come from the heap, the heap is never trimmed, and it grows in steps of
-64 MiB. After warm-up a training step page-faults almost nothing. The cost is that the
-process keeps its peak heap size instead of shrinking after a large evaluation; peak
-memory itself does not change. Only all three settings together remove the faults
-(each alone or in pairs was measured to leave ~1000 per call).
+64 MiB. The cost is that the process keeps its peak heap size instead of shrinking after
+a large evaluation; peak memory itself does not change.
 
 ``import npga`` calls it once, unless the environment sets ``NPGA_MALLOC_TUNING=0``
 (how ``benchmarks/train_step.py`` times the path as it was before). Elsewhere than
