@@ -47,10 +47,11 @@ class _SiluTangent(torch.autograd.Function):
         grad_dz = SiLU'(z) gdh,   grad_z = SiLU'(z) gh + SiLU''(z) sum_k gdh_k dz_k,
         SiLU''(z) = s (1 - s) (2 + z (1 - 2 s)).
 
-    The same numbers as autograd's graph of the unfused expression (tests), in about
-    half the time: autograd keeps a dozen (N, H) intermediates and reduces the broadcast
-    factor's gradient over the tangent axis, this keeps four and reduces with three
-    contiguous multiply-adds. Not twice differentiable (nothing needs it).
+    The same numbers as autograd's graph of the unfused expression (tests), with fewer
+    passes over memory: autograd keeps a dozen (N, H) intermediates and reduces the
+    broadcast factor's gradient over the tangent axis, this keeps four and reduces with
+    three contiguous multiply-adds (benchmarks/jacobian_step.py times both). Not twice
+    differentiable (nothing needs it).
     """
 
     @staticmethod
