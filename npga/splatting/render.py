@@ -7,8 +7,10 @@ the book works unchanged on a laptop CPU and on a CUDA GPU:
 * ``backend="torch"`` -- :mod:`npga.splatting.render_torch`, pure PyTorch, any device: the
   readable reference. Same math as gsplat (EWA projection, opacity-aware boxes,
   alpha >= 1/255, T > 1e-4 rules).
-* ``backend="numba"`` -- :mod:`npga.splatting.render_numba`: the same projection, compositing in
-  compiled tile kernels (3DGS's tiled rasterizer on the CPU); CPU tensors only,
+* ``backend="numba"`` -- :mod:`npga.splatting.project_numba` (the same projection in a
+  compiled kernel; the torch one when the cameras require gradients) and
+  :mod:`npga.splatting.render_numba` (compositing in compiled tile kernels, 3DGS's tiled
+  rasterizer on the CPU); CPU tensors only,
   float32/float64, deterministic for any thread count. Its kernels compile on first
   use (seconds) and are cached on disk afterwards.
 * ``backend="auto"`` -- gsplat for CUDA tensors when it imports (torch otherwise);
@@ -89,7 +91,11 @@ def rasterize(
             render_mode=render_mode, sh_degree=sh_degree, tile_size=tile_size, absgrad=absgrad,
         )
 
-    proj = project_gaussians(
+    # the numba backend projects in its own kernels too, unless the cameras are optimised
+    project = project_gaussians
+    if chosen == "numba" and not (viewmats.requires_grad or Ks.requires_grad):
+        from npga.splatting.project_numba import project_gaussians as project
+    proj = project(
         means, quats, scales, viewmats, Ks, width, height,
         opacities=opacities, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
     )

@@ -6,8 +6,8 @@ temporaries. This module does the same work the way the 3DGS CUDA rasterizer doe
 (Kerbl et al. 2023, Sec. 6 "Fast differentiable rasterizer for Gaussians") and its
 re-implementation gsplat (``rasterize_to_pixels_fwd.cu`` / ``_bwd.cu``): one compiled
 loop per image tile that keeps each pixel's running state in registers and cache.
-Projection (EWA splatting, 3DGS Eq. 5) stays in PyTorch (:func:`render_torch.project_gaussians`,
-differentiated by autograd); only :func:`composite` is replaced.
+Projection (EWA splatting, 3DGS Eq. 5) has its own compiled kernels in
+:mod:`npga.splatting.project_numba`; this module replaces :func:`composite`.
 
 The algorithm, step by step
 ---------------------------
