@@ -7,12 +7,12 @@ Gaussians at 176x256 and 20000 at 256x384.
 
 Measured, each part in its own fresh subprocess:
 
-* time -- forward + backward of the full ``rasterize`` (projection included: it is the
-  same torch code in both backends), median and minimum of ``--repeats`` runs after 2
-  warm-ups. torch (1 thread), numba (1 thread) and numba (2 threads) are run in
+* time -- forward + backward of the full ``rasterize`` (projection included: PyTorch's in
+  the torch backend, the compiled kernel of ``project_numba`` in numba's), median and
+  minimum of ``--repeats`` runs after 2 warm-ups. torch (1 thread), numba (1 thread) and numba (2 threads) are run in
   alternation inside one process, so that a change of machine load hits all three
   alike. For "numba, 2 threads" torch is set to 2 threads as well (numba uses
-  min(torch threads, numba's pool); the projection then also runs on 2 threads).
+  min(torch threads, numba's pool)).
 * memory -- peak RSS (ru_maxrss) of a process that renders 3 times with one backend,
   1 thread; the RSS after imports and scene set-up, before the first render, is
   recorded too (the interpreter, torch -- and for numba, llvmlite -- account for most).
