@@ -15,7 +15,10 @@ Forward, per camera (R_v, t_v, K) and Gaussian (mu, q, s)::
     conic = cov2d^-1 as (c, -b, a) / det;   (u, v) = (K p) / z
 
 The backward pass applies the chain rule to each line in reverse (the formulas are in
-:func:`_backward_one`): conic -> cov2d -> (J, Sigma_c) -> (p, Sigma) -> (mu, M) -> (q, s).
+:func:`_backward_kernel`): conic -> cov2d -> (J, Sigma_c) -> (p, Sigma) -> (mu, M) -> (q, s).
+Every 3 x 3 product is written out in scalars (:func:`_sandwich`): small numpy arrays
+inside the loops would each be a heap allocation and a BLAS call, slower than the torch
+projection they replace (measured: the first version, with them, took 2.5x as long).
 Each Gaussian's gradient sums its cameras in camera order inside one iteration, so the
 result does not depend on the thread count. Computed in float64 whatever the input dtype
 and rounded once at the end. Not differentiable with respect to the cameras (``rasterize``
@@ -38,57 +41,81 @@ from npga.splatting.render_torch import ALPHA_MIN, EXTEND_3SIGMA, FOV_MARGIN, Pr
 DET_MIN = 1e-10  # the torch reference divides by det clamped here
 
 
-@njit(cache=True, fastmath=False, inline="always")
+@njit(cache=True, fastmath=False)
 def _rotation(qw, qx, qy, qz):
-    """R (3, 3) of the unit quaternion (w, x, y, z) -- the rows of quat_to_rotmat."""
-    R = np.empty((3, 3))
-    R[0, 0], R[0, 1], R[0, 2] = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qw * qz), 2 * (qx * qz + qw * qy)
-    R[1, 0], R[1, 1], R[1, 2] = 2 * (qx * qy + qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qw * qx)
-    R[2, 0], R[2, 1], R[2, 2] = 2 * (qx * qz - qw * qy), 2 * (qy * qz + qw * qx), 1 - 2 * (qx * qx + qy * qy)
-    return R
+    """The 9 entries (row-major) of R for the unit quaternion (w, x, y, z), as quat_to_rotmat."""
+    return (1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qw * qz), 2 * (qx * qz + qw * qy),
+            2 * (qx * qy + qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qw * qx),
+            2 * (qx * qz - qw * qy), 2 * (qy * qz + qw * qx), 1 - 2 * (qx * qx + qy * qy))
 
 
-@njit(cache=True, fastmath=False, inline="always")
+@njit(cache=True, fastmath=False)
 def _unit(q):
     nrm = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
     nrm = max(nrm, 1e-12)  # torch.nn.functional.normalize's eps
     return q[0] / nrm, q[1] / nrm, q[2] / nrm, q[3] / nrm, nrm
 
 
-@njit(cache=True, fastmath=False, inline="always")
-def _camera_terms(p, Kc, width, height):
-    """tan limits of the clamped Jacobian point, as in project_gaussians."""
-    fx, fy, cx, cy = Kc[0, 0], Kc[1, 1], Kc[0, 2], Kc[1, 2]
+@njit(cache=True, fastmath=False)
+def _sandwich(v00, v01, v02, v10, v11, v12, v20, v21, v22, s00, s01, s02, s11, s12, s22):
+    """V S V^T for symmetric S (6 entries): its 6 entries (00, 01, 02, 11, 12, 22).
+
+    Scalars only: no small arrays (each would be a heap allocation) and no BLAS call."""
+    t00 = v00 * s00 + v01 * s01 + v02 * s02
+    t01 = v00 * s01 + v01 * s11 + v02 * s12
+    t02 = v00 * s02 + v01 * s12 + v02 * s22
+    t10 = v10 * s00 + v11 * s01 + v12 * s02
+    t11 = v10 * s01 + v11 * s11 + v12 * s12
+    t12 = v10 * s02 + v11 * s12 + v12 * s22
+    t20 = v20 * s00 + v21 * s01 + v22 * s02
+    t21 = v20 * s01 + v21 * s11 + v22 * s12
+    t22 = v20 * s02 + v21 * s12 + v22 * s22
+    return (t00 * v00 + t01 * v01 + t02 * v02, t00 * v10 + t01 * v11 + t02 * v12,
+            t00 * v20 + t01 * v21 + t02 * v22, t10 * v10 + t11 * v11 + t12 * v12,
+            t10 * v20 + t11 * v21 + t12 * v22, t20 * v20 + t21 * v21 + t22 * v22)
+
+
+@njit(cache=True, fastmath=False)
+def _covariance(q, s):
+    """Sigma = R diag(s)^2 R^T (6 entries), the rotation entries and the unit quaternion."""
+    qw, qx, qy, qz, nrm = _unit(q)
+    r00, r01, r02, r10, r11, r12, r20, r21, r22 = _rotation(qw, qx, qy, qz)
+    a0, a1, a2 = s[0] * s[0], s[1] * s[1], s[2] * s[2]
+    S = (r00 * r00 * a0 + r01 * r01 * a1 + r02 * r02 * a2, r00 * r10 * a0 + r01 * r11 * a1 + r02 * r12 * a2,
+         r00 * r20 * a0 + r01 * r21 * a1 + r02 * r22 * a2, r10 * r10 * a0 + r11 * r11 * a1 + r12 * r12 * a2,
+         r10 * r20 * a0 + r11 * r21 * a1 + r12 * r22 * a2, r20 * r20 * a0 + r21 * r21 * a1 + r22 * r22 * a2)
+    return S, (r00, r01, r02, r10, r11, r12, r20, r21, r22), (qw, qx, qy, qz, nrm)
+
+
+@njit(cache=True, fastmath=False)
+def _pair(mu, S, V, t, K, width, height, eps2d):
+    """The forward quantities of one (camera, Gaussian) pair, all scalars."""
+    x = V[0, 0] * mu[0] + V[0, 1] * mu[1] + V[0, 2] * mu[2] + t[0]
+    y = V[1, 0] * mu[0] + V[1, 1] * mu[1] + V[1, 2] * mu[2] + t[1]
+    z = V[2, 0] * mu[0] + V[2, 1] * mu[1] + V[2, 2] * mu[2] + t[2]
+    c00, c01, c02, c11, c12, c22 = _sandwich(V[0, 0], V[0, 1], V[0, 2], V[1, 0], V[1, 1], V[1, 2],
+                                             V[2, 0], V[2, 1], V[2, 2], S[0], S[1], S[2], S[3], S[4], S[5])
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
     lox, hix = -(cx / fx + FOV_MARGIN * tan_fovx), (width - cx) / fx + FOV_MARGIN * tan_fovx
     loy, hiy = -(cy / fy + FOV_MARGIN * tan_fovy), (height - cy) / fy + FOV_MARGIN * tan_fovy
-    return fx, fy, lox, hix, loy, hiy
+    return x, y, z, (c00, c01, c02, c11, c12, c22), fx, fy, lox, hix, loy, hiy
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def _forward_kernel(means, quats, scales, opac, has_opac, viewmats, Ks, width, height, eps2d, near, far,
+def _forward_kernel(means, quats, scales, opac, has_opac, Vs, ts, Ks, width, height, eps2d, near, far,
                     means2d, depths, conics, radii):
-    N, C = means.shape[0], viewmats.shape[0]
+    N, C = means.shape[0], Vs.shape[0]
     for n in prange(N):
-        qw, qx, qy, qz, _ = _unit(quats[n])
-        R = _rotation(qw, qx, qy, qz)
-        M = np.empty((3, 3))
-        for i in range(3):
-            for j in range(3):
-                M[i, j] = R[i, j] * scales[n, j]
-        S = M @ M.T
+        S, _, _ = _covariance(quats[n], scales[n])
         extend = EXTEND_3SIGMA
         ok_o = True
         if has_opac:
             o = float(opac[n])
             ok_o = o >= ALPHA_MIN
             extend = min(math.sqrt(2.0 * math.log(max(o, ALPHA_MIN) / ALPHA_MIN)), EXTEND_3SIGMA)
-        mu = means[n].astype(np.float64)
+        mu = means[n]
         for c in range(C):
-            Rv = viewmats[c, :3, :3].astype(np.float64)
-            Kc = Ks[c].astype(np.float64)
-            p = Rv @ mu + viewmats[c, :3, 3].astype(np.float64)
-            x, y, z = p[0], p[1], p[2]
             means2d[c, n, 0] = 0.0
             means2d[c, n, 1] = 0.0
             depths[c, n] = 0.0
@@ -97,22 +124,22 @@ def _forward_kernel(means, quats, scales, opac, has_opac, viewmats, Ks, width, h
             conics[c, n, 2] = 0.0
             radii[c, n, 0] = 0
             radii[c, n, 1] = 0
+            K = Ks[c]
+            x, y, z, Sc, fx, fy, lox, hix, loy, hiy = _pair(mu, S, Vs[c], ts[c], K, width, height, eps2d)
             if not (z > near and z < far) or not ok_o:
                 continue
-            Sc = Rv @ S @ Rv.T
-            fx, fy, lox, hix, loy, hiy = _camera_terms(p, Kc, width, height)
             xc = z * min(max(x / z, lox), hix)
             yc = z * min(max(y / z, loy), hiy)
             j00, j02 = fx / z, -fx * xc / (z * z)
             j11, j12 = fy / z, -fy * yc / (z * z)
-            a = j00 * j00 * Sc[0, 0] + 2 * j00 * j02 * Sc[0, 2] + j02 * j02 * Sc[2, 2] + eps2d
-            b = j00 * j11 * Sc[0, 1] + j00 * j12 * Sc[0, 2] + j02 * j11 * Sc[1, 2] + j02 * j12 * Sc[2, 2]
-            cc = j11 * j11 * Sc[1, 1] + 2 * j11 * j12 * Sc[1, 2] + j12 * j12 * Sc[2, 2] + eps2d
+            a = j00 * j00 * Sc[0] + 2 * j00 * j02 * Sc[2] + j02 * j02 * Sc[5] + eps2d
+            b = j00 * j11 * Sc[1] + j00 * j12 * Sc[2] + j02 * j11 * Sc[4] + j02 * j12 * Sc[5]
+            cc = j11 * j11 * Sc[3] + 2 * j11 * j12 * Sc[4] + j12 * j12 * Sc[5] + eps2d
             det = a * cc - b * b
             if not det > 0:
                 continue
-            u = (Kc[0, 0] * x + Kc[0, 1] * y + Kc[0, 2] * z) / z
-            v = (Kc[1, 0] * x + Kc[1, 1] * y + Kc[1, 2] * z) / z
+            u = (K[0, 0] * x + K[0, 1] * y + K[0, 2] * z) / z
+            v = (K[1, 0] * x + K[1, 1] * y + K[1, 2] * z) / z
             rx = math.ceil(extend * math.sqrt(max(a, 0.0)))
             ry = math.ceil(extend * math.sqrt(max(cc, 0.0)))
             if not (u + rx > 0 and u - rx < width and v + ry > 0 and v - ry < height):
@@ -124,111 +151,103 @@ def _forward_kernel(means, quats, scales, opac, has_opac, viewmats, Ks, width, h
             radii[c, n, 0], radii[c, n, 1] = int(rx), int(ry)
 
 
-@njit(cache=True, fastmath=False, inline="always")
-def _backward_one(mu, S, Rv, tv, Kc, width, height, eps2d, gu, gv, gA, gB, gC, gz_depth, g_mu, g_S):
-    """One (camera, Gaussian) pair, visible: adds dL/dmu to g_mu (3,) and dL/dSigma to g_S (3, 3)."""
-    p = Rv @ mu + tv
-    x, y, z = p[0], p[1], p[2]
-    Sc = Rv @ S @ Rv.T
-    fx, fy, lox, hix, loy, hiy = _camera_terms(p, Kc, width, height)
-    tx, ty = x / z, y / z
-    in_x, in_y = lox <= tx <= hix, loy <= ty <= hiy
-    tx, ty = min(max(tx, lox), hix), min(max(ty, loy), hiy)
-    xc, yc = z * tx, z * ty
-    j00, j02 = fx / z, -fx * xc / (z * z)
-    j11, j12 = fy / z, -fy * yc / (z * z)
-    a = j00 * j00 * Sc[0, 0] + 2 * j00 * j02 * Sc[0, 2] + j02 * j02 * Sc[2, 2] + eps2d
-    b = j00 * j11 * Sc[0, 1] + j00 * j12 * Sc[0, 2] + j02 * j11 * Sc[1, 2] + j02 * j12 * Sc[2, 2]
-    cc = j11 * j11 * Sc[1, 1] + 2 * j11 * j12 * Sc[1, 2] + j12 * j12 * Sc[2, 2] + eps2d
-    det = a * cc - b * b
-    # conic = (cc, -b, a) / d with d = max(det, DET_MIN)
-    if det > DET_MIN:
-        d = det
-        num = gA * cc - gB * b + gC * a
-        ga = gC / d - num * cc / (d * d)
-        gb = -gB / d + 2.0 * b * num / (d * d)
-        gc = gA / d - num * a / (d * d)
-    else:
-        d = DET_MIN
-        ga, gb, gc = gC / d, -gB / d, gA / d
-    # cov2d = J Sc J^T: dL/dSc = J^T G J, dL/dJ = 2 G J Sc, G = [[ga, gb/2], [gb/2, gc]]
-    J = np.zeros((2, 3))
-    J[0, 0], J[0, 2], J[1, 1], J[1, 2] = j00, j02, j11, j12
-    G = np.empty((2, 2))
-    G[0, 0], G[0, 1], G[1, 0], G[1, 1] = ga, 0.5 * gb, 0.5 * gb, gc
-    g_Sc = J.T @ G @ J
-    gJ = 2.0 * (G @ J @ Sc)
-    gx, gy, gz = 0.0, 0.0, 0.0
-    # j00 = fx / z, j11 = fy / z
-    gz += -fx / (z * z) * gJ[0, 0] - fy / (z * z) * gJ[1, 1]
-    # j02 = -fx xc / z^2, xc = z tx, tx = clamp(x / z)
-    g_xc = -fx / (z * z) * gJ[0, 2]
-    gz += 2.0 * fx * xc / (z * z * z) * gJ[0, 2] + tx * g_xc
-    if in_x:
-        g_tx = z * g_xc
-        gx += g_tx / z
-        gz += -x / (z * z) * g_tx
-    g_yc = -fy / (z * z) * gJ[1, 2]
-    gz += 2.0 * fy * yc / (z * z * z) * gJ[1, 2] + ty * g_yc
-    if in_y:
-        g_ty = z * g_yc
-        gy += g_ty / z
-        gz += -y / (z * z) * g_ty
-    # (u, v) = (K p) / z
-    gx += Kc[0, 0] / z * gu + Kc[1, 0] / z * gv
-    gy += Kc[0, 1] / z * gu + Kc[1, 1] / z * gv
-    gz += -(Kc[0, 0] * x + Kc[0, 1] * y) / (z * z) * gu - (Kc[1, 0] * x + Kc[1, 1] * y) / (z * z) * gv
-    gz += gz_depth
-    # p = Rv mu + t, Sc = Rv S Rv^T
-    g_p = np.empty(3)
-    g_p[0], g_p[1], g_p[2] = gx, gy, gz
-    g_mu += Rv.T @ g_p
-    g_S += Rv.T @ g_Sc @ Rv
-
-
 @njit(parallel=True, cache=True, fastmath=False)
-def _backward_kernel(means, quats, scales, viewmats, Ks, width, height, eps2d, radii,
+def _backward_kernel(means, quats, scales, Vs, ts, Ks, width, height, eps2d, radii,
                      v_m2d, v_depth, v_conic, g_means, g_quats, g_scales):
-    N, C = means.shape[0], viewmats.shape[0]
+    N, C = means.shape[0], Vs.shape[0]
     for n in prange(N):
-        qw, qx, qy, qz, nrm = _unit(quats[n])
-        R = _rotation(qw, qx, qy, qz)
-        s = scales[n].astype(np.float64)
-        M = np.empty((3, 3))
-        for i in range(3):
-            for j in range(3):
-                M[i, j] = R[i, j] * s[j]
-        S = M @ M.T
-        mu = means[n].astype(np.float64)
-        g_mu = np.zeros(3)
-        g_S = np.zeros((3, 3))
+        s = scales[n]
+        S, R, Q = _covariance(quats[n], s)
+        mu = means[n]
+        gm0, gm1, gm2 = 0.0, 0.0, 0.0
+        gS00, gS01, gS02, gS11, gS12, gS22 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
         seen = False
         for c in range(C):
             if radii[c, n, 0] <= 0 or radii[c, n, 1] <= 0:
                 continue
             seen = True
-            _backward_one(mu, S, viewmats[c, :3, :3].astype(np.float64), viewmats[c, :3, 3].astype(np.float64),
-                          Ks[c].astype(np.float64), width, height, eps2d,
-                          float(v_m2d[c, n, 0]), float(v_m2d[c, n, 1]), float(v_conic[c, n, 0]),
-                          float(v_conic[c, n, 1]), float(v_conic[c, n, 2]), float(v_depth[c, n]), g_mu, g_S)
-        for i in range(3):
-            g_means[n, i] = g_mu[i]
+            V, K = Vs[c], Ks[c]
+            x, y, z, Sc, fx, fy, lox, hix, loy, hiy = _pair(mu, S, V, ts[c], K, width, height, eps2d)
+            gu, gv = float(v_m2d[c, n, 0]), float(v_m2d[c, n, 1])
+            gA, gB, gC = float(v_conic[c, n, 0]), float(v_conic[c, n, 1]), float(v_conic[c, n, 2])
+            tx, ty = x / z, y / z
+            in_x, in_y = lox <= tx <= hix, loy <= ty <= hiy
+            tx, ty = min(max(tx, lox), hix), min(max(ty, loy), hiy)
+            xc, yc = z * tx, z * ty
+            j00, j02 = fx / z, -fx * xc / (z * z)
+            j11, j12 = fy / z, -fy * yc / (z * z)
+            a = j00 * j00 * Sc[0] + 2 * j00 * j02 * Sc[2] + j02 * j02 * Sc[5] + eps2d
+            b = j00 * j11 * Sc[1] + j00 * j12 * Sc[2] + j02 * j11 * Sc[4] + j02 * j12 * Sc[5]
+            cc = j11 * j11 * Sc[3] + 2 * j11 * j12 * Sc[4] + j12 * j12 * Sc[5] + eps2d
+            det = a * cc - b * b
+            # conic = (cc, -b, a) / d, d = max(det, DET_MIN)
+            if det > DET_MIN:
+                num = gA * cc - gB * b + gC * a
+                ga = gC / det - num * cc / (det * det)
+                gb = -gB / det + 2.0 * b * num / (det * det)
+                gc = gA / det - num * a / (det * det)
+            else:
+                ga, gb, gc = gC / DET_MIN, -gB / DET_MIN, gA / DET_MIN
+            # cov2d = J Sc J^T with G = [[ga, h], [h, gc]]: dL/dSc = J^T G J, dL/dJ = 2 G J Sc
+            h = 0.5 * gb
+            p0, p1, p2 = ga * j00, h * j11, ga * j02 + h * j12  # row 0 of G J
+            q0, q1, q2 = h * j00, gc * j11, h * j02 + gc * j12  # row 1 of G J
+            g00, g01, g02 = j00 * p0, j00 * p1, j00 * p2
+            g11, g12 = j11 * q1, j11 * q2
+            g22 = j02 * p2 + j12 * q2
+            gJ00 = 2.0 * (p0 * Sc[0] + p1 * Sc[1] + p2 * Sc[2])
+            gJ02 = 2.0 * (p0 * Sc[2] + p1 * Sc[4] + p2 * Sc[5])
+            gJ11 = 2.0 * (q0 * Sc[1] + q1 * Sc[3] + q2 * Sc[4])
+            gJ12 = 2.0 * (q0 * Sc[2] + q1 * Sc[4] + q2 * Sc[5])
+            gx, gy = 0.0, 0.0
+            gz = -fx / (z * z) * gJ00 - fy / (z * z) * gJ11
+            # j02 = -fx xc / z^2, xc = z tx, tx = clamp(x / z) (the same for y)
+            g_xc = -fx / (z * z) * gJ02
+            gz += 2.0 * fx * xc / (z * z * z) * gJ02 + tx * g_xc
+            if in_x:
+                gx += g_xc
+                gz += -x / z * g_xc
+            g_yc = -fy / (z * z) * gJ12
+            gz += 2.0 * fy * yc / (z * z * z) * gJ12 + ty * g_yc
+            if in_y:
+                gy += g_yc
+                gz += -y / z * g_yc
+            # (u, v) = (K p) / z, and the depth itself
+            gx += K[0, 0] / z * gu + K[1, 0] / z * gv
+            gy += K[0, 1] / z * gu + K[1, 1] / z * gv
+            gz += -(K[0, 0] * x + K[0, 1] * y) / (z * z) * gu - (K[1, 0] * x + K[1, 1] * y) / (z * z) * gv
+            gz += float(v_depth[c, n])
+            # p = V mu + t: dL/dmu = V^T g_p; Sc = V S V^T: dL/dS = V^T dL/dSc V
+            gm0 += V[0, 0] * gx + V[1, 0] * gy + V[2, 0] * gz
+            gm1 += V[0, 1] * gx + V[1, 1] * gy + V[2, 1] * gz
+            gm2 += V[0, 2] * gx + V[1, 2] * gy + V[2, 2] * gz
+            e = _sandwich(V[0, 0], V[1, 0], V[2, 0], V[0, 1], V[1, 1], V[2, 1], V[0, 2], V[1, 2], V[2, 2],
+                          g00, g01, g02, g11, g12, g22)
+            gS00 += e[0]
+            gS01 += e[1]
+            gS02 += e[2]
+            gS11 += e[3]
+            gS12 += e[4]
+            gS22 += e[5]
+        g_means[n, 0], g_means[n, 1], g_means[n, 2] = gm0, gm1, gm2
         if not seen:
             for i in range(4):
                 g_quats[n, i] = 0.0
             for i in range(3):
                 g_scales[n, i] = 0.0
             continue
-        # Sigma = M M^T (g_S symmetric): dL/dM = (g_S + g_S^T) M
-        gM = (g_S + g_S.T) @ M
-        gR = np.empty((3, 3))
+        # Sigma = M M^T, M = R diag(s): dL/dM = 2 gS M, i.e. gM_ij = 2 s_j sum_k gS_ik R_kj
+        r00, r01, r02, r10, r11, r12, r20, r21, r22 = R
+        gR = np.empty((3, 3))  # one small array per Gaussian (not per camera)
         for j in range(3):
-            acc = 0.0
-            for i in range(3):
-                gR[i, j] = gM[i, j] * s[j]
-                acc += gM[i, j] * R[i, j]
-            g_scales[n, j] = acc
+            rk0, rk1, rk2 = (r00, r10, r20) if j == 0 else ((r01, r11, r21) if j == 1 else (r02, r12, r22))
+            m0 = 2.0 * s[j] * (gS00 * rk0 + gS01 * rk1 + gS02 * rk2)
+            m1 = 2.0 * s[j] * (gS01 * rk0 + gS11 * rk1 + gS12 * rk2)
+            m2 = 2.0 * s[j] * (gS02 * rk0 + gS12 * rk1 + gS22 * rk2)
+            g_scales[n, j] = m0 * rk0 + m1 * rk1 + m2 * rk2
+            gR[0, j], gR[1, j], gR[2, j] = m0 * s[j], m1 * s[j], m2 * s[j]
         # R(q) of the unit quaternion, then through q / |q|
+        qw, qx, qy, qz, nrm = Q
         gw = 2 * (-qz * gR[0, 1] + qy * gR[0, 2] + qz * gR[1, 0] - qx * gR[1, 2] - qy * gR[2, 0] + qx * gR[2, 1])
         gx = 2 * (qy * gR[0, 1] + qz * gR[0, 2] + qy * gR[1, 0] - 2 * qx * gR[1, 1] - qw * gR[1, 2]
                   + qz * gR[2, 0] + qw * gR[2, 1] - 2 * qx * gR[2, 2])
@@ -247,6 +266,18 @@ def _np(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().numpy())
 
 
+def _f64(t: Tensor) -> np.ndarray:
+    """The kernels read every input in float64 (one vectorised conversion per call)."""
+    return np.ascontiguousarray(t.detach().numpy(), dtype=np.float64)
+
+
+def _cameras(viewmats: Tensor, Ks: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rotations (C, 3, 3), translations (C, 3) and intrinsics (C, 3, 3) in float64."""
+    vm = viewmats.detach().double().numpy()
+    return (np.ascontiguousarray(vm[:, :3, :3]), np.ascontiguousarray(vm[:, :3, 3]),
+            np.ascontiguousarray(Ks.detach().double().numpy()))
+
+
 class _ProjectNumba(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near, far):
@@ -258,10 +289,9 @@ class _ProjectNumba(torch.autograd.Function):
         radii = np.empty((C, N, 2), np.int32)
         has_opac = opacities is not None
         opac = _np(opacities) if has_opac else np.zeros(1, dtype)
-        args = [_np(t) for t in (means, quats, scales)]
-        cams = [_np(viewmats), _np(Ks)]
+        args = [_f64(t) for t in (means, quats, scales)]
         with _numba_threads():
-            _forward_kernel(*args, opac, has_opac, *cams, width, height, eps2d, near, far,
+            _forward_kernel(*args, opac, has_opac, *_cameras(viewmats, Ks), width, height, eps2d, near, far,
                             means2d, depths, conics, radii)
         ctx.save_for_backward(means, quats, scales, viewmats, Ks)
         ctx.consts = (width, height, eps2d)
@@ -283,7 +313,7 @@ class _ProjectNumba(torch.autograd.Function):
 
         out = [np.empty((N, 3), dtype), np.empty((N, 4), dtype), np.empty((N, 3), dtype)]
         with _numba_threads():
-            _backward_kernel(*(_np(t) for t in (means, quats, scales, viewmats, Ks)), width, height, eps2d,
+            _backward_kernel(*(_f64(t) for t in (means, quats, scales)), *_cameras(viewmats, Ks), width, height, eps2d,
                              ctx.radii, grad(g_m2d, (C, N, 2)), grad(g_depths, (C, N)), grad(g_conics, (C, N, 3)),
                              *out)
         g_means, g_quats, g_scales = (torch.from_numpy(a) for a in out)
