@@ -89,7 +89,9 @@ def _covariance(q, s):
 
 @njit(cache=True, fastmath=False)
 def _pair(mu, S, V, t, K, width, height, eps2d):
-    """The forward quantities of one (camera, Gaussian) pair, all scalars."""
+    """The forward quantities of one (camera, Gaussian) pair, all scalars: the camera-space
+    centre, Sigma_c, the focal lengths, the clamped x/z and y/z (and whether they were
+    inside the clamp), J's entries and cov2d (a, b; b, cc)."""
     x = V[0, 0] * mu[0] + V[0, 1] * mu[1] + V[0, 2] * mu[2] + t[0]
     y = V[1, 0] * mu[0] + V[1, 1] * mu[1] + V[1, 2] * mu[2] + t[1]
     z = V[2, 0] * mu[0] + V[2, 1] * mu[1] + V[2, 2] * mu[2] + t[2]
@@ -99,7 +101,17 @@ def _pair(mu, S, V, t, K, width, height, eps2d):
     tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
     lox, hix = -(cx / fx + FOV_MARGIN * tan_fovx), (width - cx) / fx + FOV_MARGIN * tan_fovx
     loy, hiy = -(cy / fy + FOV_MARGIN * tan_fovy), (height - cy) / fy + FOV_MARGIN * tan_fovy
-    return x, y, z, (c00, c01, c02, c11, c12, c22), fx, fy, lox, hix, loy, hiy
+    # J at the centre clamped to just outside the field of view; cov2d = J Sc J^T + eps I
+    tx, ty = x / z, y / z
+    in_x, in_y = lox <= tx <= hix, loy <= ty <= hiy
+    tx, ty = min(max(tx, lox), hix), min(max(ty, loy), hiy)
+    j00, j02 = fx / z, -fx * (z * tx) / (z * z)
+    j11, j12 = fy / z, -fy * (z * ty) / (z * z)
+    a = j00 * j00 * c00 + 2 * j00 * j02 * c02 + j02 * j02 * c22 + eps2d
+    b = j00 * j11 * c01 + j00 * j12 * c02 + j02 * j11 * c12 + j02 * j12 * c22
+    cc = j11 * j11 * c11 + 2 * j11 * j12 * c12 + j12 * j12 * c22 + eps2d
+    return (x, y, z, (c00, c01, c02, c11, c12, c22), fx, fy, tx, ty, in_x, in_y,
+            j00, j02, j11, j12, a, b, cc)
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -125,16 +137,10 @@ def _forward_kernel(means, quats, scales, opac, has_opac, Vs, ts, Ks, width, hei
             radii[c, n, 0] = 0
             radii[c, n, 1] = 0
             K = Ks[c]
-            x, y, z, Sc, fx, fy, lox, hix, loy, hiy = _pair(mu, S, Vs[c], ts[c], K, width, height, eps2d)
+            z = Vs[c, 2, 0] * mu[0] + Vs[c, 2, 1] * mu[1] + Vs[c, 2, 2] * mu[2] + ts[c, 2]
             if not (z > near and z < far) or not ok_o:
                 continue
-            xc = z * min(max(x / z, lox), hix)
-            yc = z * min(max(y / z, loy), hiy)
-            j00, j02 = fx / z, -fx * xc / (z * z)
-            j11, j12 = fy / z, -fy * yc / (z * z)
-            a = j00 * j00 * Sc[0] + 2 * j00 * j02 * Sc[2] + j02 * j02 * Sc[5] + eps2d
-            b = j00 * j11 * Sc[1] + j00 * j12 * Sc[2] + j02 * j11 * Sc[4] + j02 * j12 * Sc[5]
-            cc = j11 * j11 * Sc[3] + 2 * j11 * j12 * Sc[4] + j12 * j12 * Sc[5] + eps2d
+            x, y, z, _, _, _, _, _, _, _, _, _, _, _, a, b, cc = _pair(mu, S, Vs[c], ts[c], K, width, height, eps2d)
             det = a * cc - b * b
             if not det > 0:
                 continue
@@ -167,18 +173,11 @@ def _backward_kernel(means, quats, scales, Vs, ts, Ks, width, height, eps2d, rad
                 continue
             seen = True
             V, K = Vs[c], Ks[c]
-            x, y, z, Sc, fx, fy, lox, hix, loy, hiy = _pair(mu, S, V, ts[c], K, width, height, eps2d)
+            (x, y, z, Sc, fx, fy, tx, ty, in_x, in_y,
+             j00, j02, j11, j12, a, b, cc) = _pair(mu, S, V, ts[c], K, width, height, eps2d)
+            xc, yc = z * tx, z * ty
             gu, gv = float(v_m2d[c, n, 0]), float(v_m2d[c, n, 1])
             gA, gB, gC = float(v_conic[c, n, 0]), float(v_conic[c, n, 1]), float(v_conic[c, n, 2])
-            tx, ty = x / z, y / z
-            in_x, in_y = lox <= tx <= hix, loy <= ty <= hiy
-            tx, ty = min(max(tx, lox), hix), min(max(ty, loy), hiy)
-            xc, yc = z * tx, z * ty
-            j00, j02 = fx / z, -fx * xc / (z * z)
-            j11, j12 = fy / z, -fy * yc / (z * z)
-            a = j00 * j00 * Sc[0] + 2 * j00 * j02 * Sc[2] + j02 * j02 * Sc[5] + eps2d
-            b = j00 * j11 * Sc[1] + j00 * j12 * Sc[2] + j02 * j11 * Sc[4] + j02 * j12 * Sc[5]
-            cc = j11 * j11 * Sc[3] + 2 * j11 * j12 * Sc[4] + j12 * j12 * Sc[5] + eps2d
             det = a * cc - b * b
             # conic = (cc, -b, a) / d, d = max(det, DET_MIN)
             if det > DET_MIN:
