@@ -31,7 +31,7 @@ from npga.config import REPO_ROOT, get_profile  # noqa: E402
 from npga.deformation import ForwardField  # noqa: E402
 from npga.deformation.field import _SiluTangent  # noqa: E402
 from npga.io import atomic_write, machine_info, write_json  # noqa: E402
-from npga.runtime import allocator_state  # noqa: E402
+from npga import allocator_state  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 

@@ -10,7 +10,7 @@ each from the same initial avatar, hooks and seed, so every path does the same w
 * ``autograd`` -- ``backend="torch"`` with the autograd Jacobian (double backward);
 * ``after``   -- the defaults now: ``backend="auto"`` (numba on the CPU) and
   ``jacobian="analytic"`` (F's Jacobian carried through its forward pass), in a process
-  whose allocator :mod:`npga.runtime` tuned (as ``import npga`` does);
+  whose allocator :func:`npga.tune_allocator` tuned (as ``import npga`` does);
 * ``after-untuned`` -- the same with the allocator as it was: what the tuning buys.
 
 Each path runs in its own worker process (``--worker``), so that ``before`` also runs
@@ -90,7 +90,7 @@ def run_path(P, avatar0, data, path: dict, steps: int, seed: int = 0, profile: b
 def worker(args) -> None:
     """One path in this process: reads ``run K`` / ``profile K`` / ``quit`` lines from stdin,
     answers each with one JSON line (seconds per step, or the profiler's table)."""
-    from npga.runtime import allocator_state
+    from npga import allocator_state
 
     torch.set_num_threads(args.threads)
     P, avatar0, data = setup(args.profile)

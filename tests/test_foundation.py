@@ -284,3 +284,21 @@ def test_save_npz_is_deterministic_and_loadable(tmp_path):
         np.testing.assert_array_equal(z["a"], arrays["a"])
         np.testing.assert_array_equal(z["b"], arrays["b"])
     assert not list(tmp_path.glob("*.tmp*")), "a temporary file was left behind"
+
+
+def test_import_tunes_the_allocator_unless_told_not_to():
+    """``import npga`` applies the glibc malloc settings (on Linux), ``NPGA_MALLOC_TUNING=0``
+    leaves the allocator alone; each in a fresh interpreter, since they are process-wide."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import npga; print(npga.allocator_state())"
+    out = {}
+    for flag in ("1", "0"):
+        env = {**os.environ, "NPGA_MALLOC_TUNING": flag}
+        out[flag] = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True,
+                                   text=True, check=True).stdout.strip()
+    assert out["0"] == "default allocator"
+    if sys.platform.startswith("linux"):
+        assert out["1"] == "tuned allocator (mmap_threshold, trim_threshold, top_pad)"
