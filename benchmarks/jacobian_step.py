@@ -9,7 +9,10 @@ Two implementations of ``ForwardField.forward_and_jacobian`` on the same field a
   derivative as plain autograd expressions (written out again below, as the reference);
 * ``after``  -- the package's: tangents (3, N, H) and :class:`npga.deformation.field._SiluTangent`.
 
-Both return the same x_p and J (checked here to 1e-5). Also timed: one SiLU step alone
+Both return the same x_p and J (checked here to 1e-5). Since the MLPs' products moved to
+oneDNN (:mod:`npga.headmodels.linear`), ``after`` runs its products there and ``before``
+(plain ``@``) on MKL; ``NPGA_ONEDNN_LINEAR=0 python benchmarks/jacobian_step.py`` compares
+the layouts alone, as recorded. Also timed: one SiLU step alone
 (8000 x 128 pre-activations with their tangents), autograd expression vs fused. The paths
 alternate over ``--rounds``; medians. Result: ``benchmarks/results/jacobian_step.{json,md}``.
 """

@@ -25,6 +25,24 @@ def test_cnn_output_shape_identity_at_init_and_gradients():
     assert x2.grad[..., 3:].abs().sum() > 0  # the feature channels influence the output
 
 
+def test_cnn_equals_its_layers_as_plain_convolutions():
+    """The output layer runs as a matrix product over the channels-last view: the same
+    numbers as the 1x1 Conv2d it stores, in value and in every gradient."""
+    torch.manual_seed(1)
+    cnn = ScreenSpaceCNN(3 + 4, hidden=8)
+    torch.nn.init.normal_(cnn.out.weight, 0.0, 0.3)
+    torch.nn.init.normal_(cnn.out.bias, 0.0, 0.3)
+    x = torch.rand(2, 11, 9, 7, requires_grad=True)
+    ref = x[..., :3] + cnn.out(cnn.body(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+    y = cnn(x)
+    assert torch.allclose(y, ref, atol=1e-6)
+    up = torch.rand_like(y)
+    got = torch.autograd.grad(y, [x, *cnn.parameters()], up)
+    want = torch.autograd.grad(ref, [x, *cnn.parameters()], up)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_cnn_learns_a_fix_the_rgb_cannot_express():
     # target depends on the feature channel: only a CNN that reads it can fit
     torch.manual_seed(0)

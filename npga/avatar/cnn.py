@@ -29,6 +29,7 @@ import time
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as Fn
 
 
 class ScreenSpaceCNN(nn.Module):
@@ -58,9 +59,12 @@ class ScreenSpaceCNN(nn.Module):
             raise ValueError(
                 f"latent image must be (C, H, W, {self.in_channels}), got {tuple(latent.shape)}"
             )
-        x = latent.permute(0, 3, 1, 2)  # channels-first for conv2d
-        delta = self.out(self.body(x)).permute(0, 2, 3, 1)
-        return latent[..., :3] + delta
+        h = self.body(latent.permute(0, 3, 1, 2))  # (C, hidden, H, W), channels-last in memory
+        # The 1x1 output convolution is a linear map of each pixel's channels: applied to
+        # the channels-last view (no copy) it is one matrix product, where PyTorch's CPU
+        # convolution would take its slow generic path for 3 output channels.
+        delta = Fn.linear(h.permute(0, 2, 3, 1), self.out.weight.flatten(1), self.out.bias)
+        return latent[..., :3] + delta  # (C, H, W, 3)
 
     def to_state(self) -> dict:
         return {"hparams": dict(self.hparams), "state_dict": self.state_dict()}

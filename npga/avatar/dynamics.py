@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from npga.headmodels.linear import Linear
 from npga.headmodels.nphm import positional_encoding
 
 
@@ -85,9 +86,9 @@ class DetailNetwork(nn.Module):
         d_in = 3 + 6 * n_freqs + feature_dim + exp_dims
         mods: list[nn.Module] = []
         for i in range(layers):
-            mods += [nn.Linear(d_in if i == 0 else hidden, hidden), nn.SiLU()]
+            mods += [Linear(d_in if i == 0 else hidden, hidden), nn.SiLU()]
         self.mlp = nn.Sequential(*mods)
-        self.out = nn.Linear(hidden, self.N_GEOMETRY + (self.N_APPEARANCE if appearance else 0))
+        self.out = Linear(hidden, self.N_GEOMETRY + (self.N_APPEARANCE if appearance else 0))
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.register_buffer("center", torch.tensor(center, dtype=torch.float32))

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from npga.headmodels.linear import Linear, linear
+
 
 def _broadcast_code(code: Tensor | None, n: int, dims: int, name: str) -> Tensor | None:
     """Codes come as one code (d,) for all points or one per point (N, d)."""
@@ -109,8 +111,8 @@ class ForwardField(nn.Module):
         self.linears = nn.ModuleList()
         for i in range(layers):
             fan_in = d_in if i == 0 else hidden + (d_in if i == self.skip_at else 0)
-            self.linears.append(nn.Linear(fan_in, hidden))
-        self.out = nn.Linear(hidden, 3)
+            self.linears.append(Linear(fan_in, hidden))
+        self.out = Linear(hidden, 3)
         # Zero last layer: F starts as the identity map.
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -203,16 +205,16 @@ class ForwardField(nn.Module):
         for i, lin in enumerate(self.linears):
             W = lin.weight  # (H, fan_in)
             if i == 0:
-                dz = d_pos @ W[:, pos_cols].T  # (3, N, H): the bias does not depend on x_c
+                dz = linear(d_pos, W[:, pos_cols])  # (3, N, H): the bias does not depend on x_c
             elif i == self.skip_at:  # the layer sees [h, inp]
                 hidden = h.shape[-1]
-                dz = dh @ W[:, :hidden].T + d_pos @ W[:, hidden + pos_cols].T
+                dz = linear(dh, W[:, :hidden]) + linear(d_pos, W[:, hidden + pos_cols])
                 h = torch.cat([h, inp], dim=-1)
             else:
-                dz = dh @ W.T
+                dz = linear(dh, W)
             h, dh = _SiluTangent.apply(lin(h), dz)  # (N, H), (3, N, H)
         x_p = x_c + self.out(h) * self.scale
-        J_t = dh @ self.out.weight.T * self.scale  # (3 in, N, 3 out) = (dx_p / dx_c)^T - I
+        J_t = linear(dh, self.out.weight) * self.scale  # (3 in, N, 3 out) = (dx_p / dx_c)^T - I
         return x_p, torch.eye(3, dtype=inp.dtype, device=inp.device) + J_t.permute(1, 2, 0)
 
     def forward(self, x_c: Tensor, z_exp: Tensor, z_id: Tensor | None = None) -> Tensor:

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from npga.headmodels.linear import Linear
 from npga.io import load_saved, save_torch
 
 # --------------------------------------------------------------------------- networks
@@ -77,8 +78,8 @@ class SkipMLP(nn.Module):
         self.linears = nn.ModuleList()
         for i in range(layers):
             width_in = dims_in[i] + (d_in if i == self.skip and i > 0 else 0)
-            self.linears.append(nn.Linear(width_in, hidden))
-        self.out = nn.Linear(hidden, d_out)
+            self.linears.append(Linear(width_in, hidden))
+        self.out = Linear(hidden, d_out)
         self.act = nn.Softplus(beta=100)
 
     def forward(self, x: Tensor) -> Tensor:

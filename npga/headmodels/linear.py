@@ -1,0 +1,111 @@
+"""The MLPs' linear layer, y = x W^T + b, with its matrix products on oneDNN on x86 CPUs.
+
+Every MLP of the book (NPHM's SDF f and backward field B, the forward field F, the detail
+network G) spends most of its time in dense matrix products of a tall input (N points x
+a few hundred columns) with a small weight. On the CPU, PyTorch sends ``F.linear`` of
+float32 tensors to MKL's sgemm; on AMD processors MKL takes a code path that does not use
+AVX-512 even where the processor has it. oneDNN, the library PyTorch already ships for its
+convolutions, does. Measured here (AMD EPYC with AVX-512, one thread, 24,000 x 128 by
+128 x 128, ``benchmarks/train_step.py`` records the effect on a training step): MKL
+75-90 GFLOP/s, oneDNN 180-215 GFLOP/s for the forward product and the input gradient;
+for the weight gradient (a long reduction over the N points) 110 against 85.
+
+:func:`linear` is ``F.linear`` with the same signature and the same numbers up to
+float32 rounding (tests): on an x86 CPU with PyTorch's oneDNN it runs the forward product
+and both gradient products through ``torch.ops.mkldnn._linear_pointwise`` (the op
+PyTorch's own compiler emits for a linear layer on the CPU), elsewhere (CUDA, ARM, float64,
+``NPGA_ONEDNN_LINEAR=0``) it *is* ``F.linear``. Its backward is written with
+:func:`linear` again, so it can be differentiated any number of times (the eikonal term
+and the autograd Jacobian of F backpropagate through gradients).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as Fn
+
+ENV = "NPGA_ONEDNN_LINEAR"
+
+
+def _onednn_available() -> bool:
+    if os.environ.get(ENV, "1").strip() in ("0", "false", "no", "off"):
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False  # ARM builds of PyTorch route oneDNN through other kernels: not measured
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+ONEDNN = _onednn_available()
+
+
+# oneDNN's products are fast for what an MLP layer does (a tall x times a small, dense
+# weight, both of its sides >= 32) and for the weight gradient g^T x, and they can be far
+# slower than MKL elsewhere (measured: a weight with 15 rows 5x slower, a weight that is a
+# strided slice of a wider one seconds instead of milliseconds). So: only where both sides
+# of the weight are >= 32; a small weight is copied to a dense block first; x and a large
+# weight go in as they are when they are a dense matrix or the transpose of one.
+MIN_SIDE = 32
+SMALL_WEIGHT = 1 << 18  # elements
+
+
+def _dense_or_transposed(t: Tensor) -> bool:
+    return t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous())
+
+
+def _use_onednn(x: Tensor, weight: Tensor) -> bool:
+    return (ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.dtype == torch.float32 and x.dim() >= 2 and x.numel() > 0
+            and weight.dim() == 2 and min(weight.shape) >= MIN_SIDE
+            and (weight.numel() <= SMALL_WEIGHT or _dense_or_transposed(weight)))
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """y = x W^T + b on oneDNN; backward: gx = g W and gW = g^T x through :func:`linear`
+    again (so on oneDNN too where it pays), gb = sum g."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        x = x if _dense_or_transposed(x) else x.contiguous()
+        w = weight.contiguous() if weight.numel() <= SMALL_WEIGHT else weight
+        # x (..., K), w (M, K), bias (M,) or None -> (..., M)
+        return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = linear(g, weight.t())  # (..., M) @ (M, K)
+        g2 = g.reshape(-1, g.shape[-1])  # (N, M)
+        if ctx.needs_input_grad[1]:
+            # (M, N) @ (N, K) as linear(g^T, x^T): both transposed views, no copies
+            gw = linear(g2.t(), x.reshape(-1, x.shape[-1]).t())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g2.sum(0)
+        return gx, gw, gb
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``: x (..., K), weight (M, K), bias (M,) -> (..., M)."""
+    if _use_onednn(x, weight):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return Fn.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state dict) whose forward is :func:`linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+__all__ = ["ENV", "ONEDNN", "Linear", "linear"]
