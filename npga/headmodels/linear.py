@@ -3,17 +3,19 @@
 Every MLP of the book (NPHM's SDF f and backward field B, the forward field F, the detail
 network G) spends most of its time in dense matrix products of a tall input (N points x
 a few hundred columns) with a small weight. On the CPU, PyTorch sends ``F.linear`` of
-float32 tensors to MKL's sgemm; on AMD processors MKL takes a code path that does not use
-AVX-512 even where the processor has it. oneDNN, the library PyTorch already ships for its
-convolutions, does. Measured here (AMD EPYC with AVX-512, one thread, 24,000 x 128 by
-128 x 128, ``benchmarks/train_step.py`` records the effect on a training step): MKL
-75-90 GFLOP/s, oneDNN 180-215 GFLOP/s for the forward product and the input gradient;
-for the weight gradient (a long reduction over the N points) 110 against 85.
+float32 tensors to MKL's sgemm, which on the AMD processor we measured ran at about the
+speed of 256-bit (AVX2) code although the processor has AVX-512; oneDNN, the library
+PyTorch already ships for its convolutions, used AVX-512 there. Measured on that AMD
+EPYC, one thread, 24,000 x 128 by 128 x 128: MKL 75-90 GFLOP/s, oneDNN 180-215 GFLOP/s
+for the forward product and the input gradient; the weight gradient (a long reduction
+over the N points, where oneDNN first copies one operand to a dense transpose) 6.7
+against 8.7 ms. ``benchmarks/train_step.py`` records the effect on a training step.
 
 :func:`linear` is ``F.linear`` with the same signature and the same numbers up to
-float32 rounding (tests): on an x86 CPU with PyTorch's oneDNN it runs the forward product
-and both gradient products through ``torch.ops.mkldnn._linear_pointwise`` (the op
-PyTorch's own compiler emits for a linear layer on the CPU), elsewhere (CUDA, ARM, float64,
+float32 rounding (tests/test_linear.py): on an x86 CPU with PyTorch's oneDNN it runs the
+forward product and both gradient products through ``torch.ops.mkldnn._linear_pointwise``
+(the op PyTorch's own compiler emits for a linear layer on the CPU) where the weight's
+sides are both >= 32; elsewhere (smaller sides, CUDA, ARM, float64,
 ``NPGA_ONEDNN_LINEAR=0``) it *is* ``F.linear``. Its backward is written with
 :func:`linear` again, so it can be differentiated any number of times (the eikonal term
 and the autograd Jacobian of F backpropagate through gradients).
@@ -37,8 +39,14 @@ def _onednn_available() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False  # ARM builds of PyTorch route oneDNN through other kernels: not measured
     try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
+        if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+            return False
+        # a private op: check once that it exists with this signature and computes x W^T + b
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(s, generator=g) for s in ((3, 40), (36, 40), (36,)))
+        y = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+        return bool(torch.allclose(y, Fn.linear(x, w, b), rtol=1e-4, atol=1e-4))
+    except (AttributeError, RuntimeError, TypeError):
         return False
 
 
