@@ -73,13 +73,19 @@ def setup(profile_name: str, seed: int = 0):
     return P, avatar, data
 
 
-def run_path(P, avatar0, data, path: dict, steps: int, seed: int = 0, profile: bool = False):
-    """Seconds per step of ``steps`` steps from a copy of the initial avatar (and the
-    profiler's table when asked)."""
+def fresh_run(P, avatar0, path: dict, seed: int = 0):
+    """A copy of the initial avatar set up for ``path``, the full variant's hooks, the config."""
     avatar = copy.deepcopy(avatar0)
     avatar.backend, avatar.jacobian = path["backend"], path["jacobian"]
     hooks, _ = make_hooks(VARIANTS["full"], avatar, P, seed)
     cfg = TrainConfig.from_profile(P, iterations=P.avatar.iterations, checkpoint_every=10**9)
+    return avatar, hooks, cfg
+
+
+def run_path(P, avatar0, data, path: dict, steps: int, seed: int = 0, profile: bool = False):
+    """Seconds per step of ``steps`` steps from a copy of the initial avatar (and the
+    profiler's table when asked)."""
+    avatar, hooks, cfg = fresh_run(P, avatar0, path, seed)
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as tprofile
@@ -96,16 +102,13 @@ def phase_times(P, avatar0, data, path: dict, steps: int, seed: int = 0) -> dict
     """Wall-clock seconds per step of each phase of the step, for ``steps`` steps after one
     warm-up step. The torch profiler's per-op times on this machine run up to 2x above the
     same ops timed alone (memory-bound ops most), so "what bounds the step" is read from
-    these wall-clock phases; the backward pass is one phase (autograd runs it in C++)."""
+    these wall-clock phases; the backward pass is split by gradient hooks (below)."""
     import collections
 
     import npga.avatar.train as T
     import npga.splatting.render as R
 
-    avatar = copy.deepcopy(avatar0)
-    avatar.backend, avatar.jacobian = path["backend"], path["jacobian"]
-    hooks, _ = make_hooks(VARIANTS["full"], avatar, P, seed)
-    cfg = TrainConfig.from_profile(P, iterations=P.avatar.iterations, checkpoint_every=10**9)
+    avatar, hooks, cfg = fresh_run(P, avatar0, path, seed)
     acc: dict[str, float] = collections.defaultdict(float)
 
     def timed(name, fn):
@@ -186,8 +189,9 @@ def phase_times(P, avatar0, data, path: dict, steps: int, seed: int = 0) -> dict
 
 
 def worker(args) -> None:
-    """One path in this process: reads ``run K`` / ``profile K`` / ``quit`` lines from stdin,
-    answers each with one JSON line (seconds per step, or the profiler's table)."""
+    """One path in this process: reads ``run K`` / ``profile K`` / ``phases K`` / ``quit``
+    lines from stdin, answers each with one JSON line (seconds per step and the profiler's
+    table, or the phase times)."""
     from npga import allocator_state
 
     torch.set_num_threads(args.threads)

@@ -44,6 +44,11 @@ ENV = "NPGA_MALLOC_TUNING"
 _applied: dict[str, bool] | None = None
 
 
+def env_switched_off(name: str) -> bool:
+    """True when the environment variable ``name`` says 0 / false / no / off (opt-outs)."""
+    return os.environ.get(name, "1").strip() in ("0", "false", "no", "off")
+
+
 def tune_allocator(force: bool = False) -> dict[str, bool] | None:
     """Apply :data:`SETTINGS` with glibc's ``mallopt``; returns which were accepted.
 
@@ -53,7 +58,7 @@ def tune_allocator(force: bool = False) -> dict[str, bool] | None:
     global _applied
     if _applied is not None:
         return _applied
-    if not force and os.environ.get(ENV, "1").strip() in ("0", "false", "no", "off"):
+    if not force and env_switched_off(ENV):
         return None
     if not sys.platform.startswith("linux"):
         return None

@@ -23,18 +23,19 @@ and the autograd Jacobian of F backpropagate through gradients).
 
 from __future__ import annotations
 
-import os
 import platform
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as Fn
 
+from npga import env_switched_off
+
 ENV = "NPGA_ONEDNN_LINEAR"
 
 
 def _onednn_available() -> bool:
-    if os.environ.get(ENV, "1").strip() in ("0", "false", "no", "off"):
+    if env_switched_off(ENV):
         return False
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False  # ARM builds of PyTorch route oneDNN through other kernels: not measured
@@ -95,7 +96,8 @@ class _OneDNNLinear(torch.autograd.Function):
             gx = linear(g, weight.t())  # (..., M) @ (M, K)
         g2 = g.reshape(-1, g.shape[-1])  # (N, M)
         if ctx.needs_input_grad[1]:
-            # (M, N) @ (N, K) as linear(g^T, x^T): both transposed views, no copies
+            # (M, N) @ (N, K) as linear(g^T, x^T): both passed as transposed views (oneDNN
+            # copies one of them to a dense block itself, still faster than MKL's g^T x)
             gw = linear(g2.t(), x.reshape(-1, x.shape[-1]).t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g2.sum(0)
