@@ -13,7 +13,9 @@ each from the same initial avatar, hooks and seed, so every path does the same w
   whose allocator :func:`npga.tune_allocator` tuned (as ``import npga`` does);
 * ``after-untuned`` -- the same with the allocator as it was: what the tuning buys;
 * ``after-mkl`` -- the defaults with the MLPs' products on MKL (``NPGA_ONEDNN_LINEAR=0``)
-  instead of oneDNN (:mod:`npga.headmodels.linear`): what that buys.
+  instead of oneDNN (:mod:`npga.headmodels.linear`): what that buys;
+* ``after-bf16`` -- ``after`` with F's, G's and the CNN's products in bfloat16
+  (``AvatarConfig.bf16``, :func:`npga.headmodels.linear.bf16_products`).
 
 Each path runs in its own worker process (``--worker``), so that ``before`` also runs
 with the C allocator and the MLPs' products as they were (``NPGA_MALLOC_TUNING=0``,
@@ -59,6 +61,7 @@ PATHS = {
     "after": dict(backend="auto", jacobian="analytic", allocator="tuned", linear="onednn"),
     "after-untuned": dict(backend="auto", jacobian="analytic", allocator="default", linear="onednn"),
     "after-mkl": dict(backend="auto", jacobian="analytic", allocator="tuned", linear="mkl"),
+    "after-bf16": dict(backend="auto", jacobian="analytic", allocator="tuned", linear="onednn", bf16=True),
 }
 
 
@@ -78,7 +81,8 @@ def fresh_run(P, avatar0, path: dict, seed: int = 0):
     avatar = copy.deepcopy(avatar0)
     avatar.backend, avatar.jacobian = path["backend"], path["jacobian"]
     hooks, _ = make_hooks(VARIANTS["full"], avatar, P, seed)
-    cfg = TrainConfig.from_profile(P, iterations=P.avatar.iterations, checkpoint_every=10**9)
+    cfg = TrainConfig.from_profile(P, iterations=P.avatar.iterations, checkpoint_every=10**9,
+                                   bf16=path.get("bf16", False))
     return avatar, hooks, cfg
 
 
@@ -284,7 +288,7 @@ def main(argv=None) -> None:
                     tables[name] = workers[name].ask("profile", args.profile_steps)["table"]
         phases = {}
         if args.phase_steps:
-            for name in ("before", "after"):
+            for name in ("before", "after", "after-bf16"):
                 if name in workers:
                     phases[name] = workers[name].ask("phases", args.phase_steps)["phases"]
         allocators = {name: w.hello["allocator"] for name, w in workers.items()}
@@ -323,16 +327,17 @@ def main(argv=None) -> None:
         f"{P.avatar.batch_cameras} cameras per step; median over {args.rounds} alternating rounds of "
         f"{args.steps} steps.",
         "",
-        "| path | rasterizer | F's Jacobian | allocator | MLP products | s / step (median) | all rounds "
-        "| speed-up vs before |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| path | rasterizer | F's Jacobian | allocator | MLP products | precision | s / step (median) "
+        "| all rounds | speed-up vs before |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for k in args.paths:
         sp = res["speedup_vs_before"].get(k)
         sp_text = f"{sp:.2f}x" if sp else "n/a"
         rounds = ", ".join(f"{x:.3f}" for x in times[k])
         lines.append(f"| {k} | {PATHS[k]['backend']} | {PATHS[k]['jacobian']} | {PATHS[k]['allocator']} "
-                     f"| {PATHS[k]['linear']} | {med[k]:.3f} | {rounds} | {sp_text} |")
+                     f"| {PATHS[k]['linear']} | {'bf16' if PATHS[k].get('bf16') else 'fp32'} | {med[k]:.3f} "
+                     f"| {rounds} | {sp_text} |")
     if phases:
         names = list(phases)
         keys = sorted({k for p in phases.values() for k in p}, key=lambda k: -phases[names[-1]].get(k, 0.0))

@@ -136,6 +136,7 @@ class AvatarConfig:
     dynamic_appearance: bool = False  # G also predicts colour and opacity offsets (chapter 5's experiment)
     eval_every: int = 0  # trainer: held-out evaluation every this many steps (0: only at the end)
     checkpoint_every: int = 100  # trainer: write a checkpoint every this many steps
+    bf16: bool = False  # trainer: F's, G's and the CNN's products in bfloat16 on the CPU (npga.headmodels.linear)
     # Laplacian terms on the k-NN graph of canonical Gaussians (npga.avatar.regularizers, chapter 6)
     lap_features: float = 1.0  # weight of mean |L f|^2 (per-Gaussian features)
     lap_dynamics: float = 1.0  # weight of mean |L delta|^2 (detail network G's offsets)

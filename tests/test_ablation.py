@@ -362,3 +362,19 @@ def test_ablation_figure_draws_every_seed_and_is_none_without_results(tmp_path, 
     dots = [ln for ln in fig.axes[0].lines if ln.get_marker() == "o"]
     assert sum(len(ln.get_xdata()) for ln in dots) == 6  # 2 variants x 3 seeds
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["vanilla", "features"]
+
+
+def test_set_overrides_parse_each_fields_type_and_name_the_bad_one():
+    from npga.config import get_profile
+
+    ab = _ablation()
+    P = get_profile("mini")
+    got = ab.avatar_overrides(P, ["bf16=true", "head_pose=False", "n_gaussians=1500", "densify_grad=3e-4"])
+    assert got == {"bf16": True, "head_pose": False, "n_gaussians": 1500, "densify_grad": 3e-4}
+    assert ab.avatar_overrides(P, ["bf16=0"]) == {"bf16": False}
+    with pytest.raises(SystemExit, match="bf16 is true or false"):
+        ab.avatar_overrides(P, ["bf16=maybe"])
+    with pytest.raises(SystemExit, match="no field 'nope'"):
+        ab.avatar_overrides(P, ["nope=1"])
+    with pytest.raises(SystemExit, match="n_gaussians is a int"):
+        ab.avatar_overrides(P, ["n_gaussians=many"])

@@ -99,3 +99,21 @@ def test_hook_wrapper_and_timing():
     assert wrapped.gaussians is _Avatar.gaussians
     t = time_cnn(cnn, 1, 16, 12, repeats=2)
     assert t["seconds"] > 0
+
+
+def test_cnn_in_bf16_returns_float32_close_to_float32():
+    from npga.headmodels.linear import bf16_products
+
+    torch.manual_seed(0)
+    cnn = ScreenSpaceCNN(7, hidden=32)
+    torch.nn.init.normal_(cnn.out.weight, std=0.1)
+    x = torch.rand(2, 24, 40, 7, requires_grad=True)
+    y = cnn(x)
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    with bf16_products():
+        y16 = cnn(x)
+    (gx16,) = torch.autograd.grad(y16.square().sum(), x)
+    assert y16.dtype == gx16.dtype == torch.float32
+    delta = (y - x[..., :3]).abs().max()
+    assert 0 < (y16 - y).abs().max() < 0.02 * delta
+    assert (gx16 - gx).abs().max() < 0.03 * gx.abs().max()

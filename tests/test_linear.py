@@ -80,3 +80,51 @@ def test_float64_and_the_switch_fall_back_to_torch():
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_bf16_products_round_like_bfloat16_and_leave_fp32_weights_and_gradients():
+    """Inside bf16_products, linear computes in bfloat16 (8-bit mantissa: ~0.4 % relative),
+    the parameters stay float32 and receive float32 gradients; outside, nothing changes."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 500, 128, generator=g, requires_grad=True)
+    w = torch.randn(96, 128, generator=g, requires_grad=True)
+    b = torch.randn(96, generator=g, requires_grad=True)
+    y_ref = Fn.linear(x, w, b)
+    up = torch.randn(y_ref.shape, generator=g)
+    grads_ref = torch.autograd.grad(y_ref, (x, w, b), up)
+    assert not L.bf16_products_enabled()
+    with L.bf16_products():
+        assert L.bf16_products_enabled()
+        y = L.linear(x, w, b)
+    assert not L.bf16_products_enabled()
+    assert y.dtype == torch.bfloat16
+    assert 1e-4 < _rel(y.float(), y_ref) < 2e-2  # rounded, but only by bfloat16's precision
+    grads = torch.autograd.grad(y, (x, w, b), up.bfloat16())
+    for got, ref in zip(grads, grads_ref):
+        assert got.dtype == torch.float32
+        assert _rel(got, ref) < 3e-2
+    assert L.linear(x, w, b).dtype == torch.float32  # the switch is off again
+    with pytest.raises(RuntimeError), L.bf16_products():
+        raise RuntimeError("an error inside")
+    assert not L.bf16_products_enabled()  # and off after an error too
+    with L.bf16_products(enabled=False):
+        assert L.linear(x, w, b).dtype == torch.float32
+
+
+def test_forward_field_and_jacobian_in_bf16_stay_close_to_float32():
+    """F's positions and Jacobian with bfloat16 products: errors of micrometres and 1e-4."""
+    from npga.deformation.field import ForwardField
+
+    torch.manual_seed(0)
+    F = ForwardField(16, 16, hidden=128, layers=4, scale=0.1)
+    torch.nn.init.normal_(F.out.weight, std=0.2)
+    x = torch.randn(2000, 3) * 0.08
+    ze, zi = torch.randn(16), torch.randn(16)
+    xp, J = F.forward_and_jacobian(x, ze, zi)
+    with L.bf16_products():
+        xp16, J16 = F.forward_and_jacobian(x, ze, zi)
+    assert xp16.dtype == J16.dtype == torch.float32
+    offset, jt = (xp - x).abs().max(), (J - torch.eye(3)).abs().max()
+    assert offset > 1e-3 and jt > 1e-2  # F moves points: the comparison means something
+    assert (xp16 - xp).abs().max() < 0.02 * offset
+    assert (J16 - J).abs().max() < 0.04 * jt

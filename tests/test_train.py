@@ -208,3 +208,27 @@ def test_laplacian_reads_g_from_the_render_and_g_runs_once_per_step(capture):
     train(av, data, cfg, hooks=Hooks(losses={"laplacian": reg}), progress=False)
     handle.remove()
     assert len(calls) == 2  # one G evaluation per step
+
+
+def test_bf16_training_computes_g_in_bfloat16_and_tracks_the_float32_run(capture):
+    """TrainConfig.bf16: G's (and F's) products run in bfloat16 during training, parameters
+    stay float32, and a short run ends close to the float32 run from the same start."""
+    from npga.headmodels.linear import bf16_supported
+
+    if not bf16_supported():
+        pytest.skip("this CPU has no oneDNN bfloat16 products")
+    P, part = capture
+    data = TrainData(part, [SEQS[0]], codes="nphm")
+    runs = {}
+    for bf16 in (False, True):
+        av = make_avatar(P, part, 1000, feature_dim=4)
+        dtypes = []
+        handle = av.detail.mlp.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+        cfg = TrainConfig.from_profile(P, iterations=60, checkpoint_every=10**6, bf16=bf16)
+        res = train(av, data, cfg, progress=False)
+        handle.remove()
+        assert set(dtypes) == {torch.bfloat16 if bf16 else torch.float32}
+        assert all(p.dtype == torch.float32 for p in av.detail.parameters())
+        runs[bf16] = res.history["psnr"]
+    assert runs[True][-1] > runs[True][0] + 2.0  # it learns
+    assert abs(runs[True][-1] - runs[False][-1]) < 0.5  # and about as well as in float32

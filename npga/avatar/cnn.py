@@ -31,6 +31,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as Fn
 
+from npga.headmodels.linear import bf16_products_enabled
+
 
 class ScreenSpaceCNN(nn.Module):
     """Latent image (C, H, W, 3 + F) -> RGB (C, H, W, 3), residual on the first 3 channels."""
@@ -59,12 +61,14 @@ class ScreenSpaceCNN(nn.Module):
             raise ValueError(
                 f"latent image must be (C, H, W, {self.in_channels}), got {tuple(latent.shape)}"
             )
-        h = self.body(latent.permute(0, 3, 1, 2))  # (C, hidden, H, W), channels-last in memory
-        # The 1x1 output convolution is a linear map of each pixel's channels: applied to
-        # the channels-last view (no copy) it is one matrix product, where PyTorch's CPU
-        # convolution would take its slow generic path for 3 output channels.
-        delta = Fn.linear(h.permute(0, 2, 3, 1), self.out.weight.flatten(1), self.out.bias)
-        return latent[..., :3] + delta  # (C, H, W, 3)
+        bf16 = bf16_products_enabled() and latent.device.type == "cpu"
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            h = self.body(latent.permute(0, 3, 1, 2))  # (C, hidden, H, W), channels-last in memory
+            # The 1x1 output convolution is a linear map of each pixel's channels: applied to
+            # the channels-last view (no copy) it is one matrix product, where PyTorch's CPU
+            # convolution would take its slow generic path for 3 output channels.
+            delta = Fn.linear(h.permute(0, 2, 3, 1), self.out.weight.flatten(1), self.out.bias)
+        return latent[..., :3] + delta.to(latent.dtype)  # (C, H, W, 3)
 
     def to_state(self) -> dict:
         return {"hparams": dict(self.hparams), "state_dict": self.state_dict()}

@@ -134,7 +134,8 @@ class DetailNetwork(nn.Module):
                 raise ValueError(f"features must have shape ({n}, {self.feature_dim}), got {got}")
             parts.append(features)
         parts.append(z)
-        out = self.out(self.mlp(torch.cat(parts, dim=-1)))  # (N, 10 or 14)
+        # (N, 10 or 14); in x_c's dtype also when the products ran in bfloat16 (bf16_products)
+        out = self.out(self.mlp(torch.cat(parts, dim=-1))).to(x_c.dtype)
         # Position offsets in metres: the network works in units of the head size.
         res = {"means": out[:, :3] * self.scale, "quats": out[:, 3:7], "scales": out[:, 7:10]}
         if self.appearance:

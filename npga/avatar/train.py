@@ -25,6 +25,7 @@ import argparse
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +37,7 @@ from torch import Tensor, nn
 from npga.avatar.model import AvatarRender, NPGAvatar
 from npga.config import Profile, get_profile
 from npga.io import save_torch
+from npga.headmodels.linear import bf16_products, bf16_supported
 from npga.metrics import psnr_torch, ssim_torch
 from npga.splatting.static_fit import OptimConfig as _GAUSSIAN_LRS
 
@@ -72,6 +74,9 @@ class TrainConfig:
     checkpoint_every: int = 100
     eval_every: int = 0  # 0: no evaluation during training
     codes: str = "nphm"  # tracked codes of this head model drive the avatar
+    # F's, G's and the CNN's products in bfloat16 where oneDNN supports it on this CPU
+    # (npga.headmodels.linear.bf16_products); the loss and everything else in float32
+    bf16: bool = False
 
     @classmethod
     def from_profile(cls, profile: Profile, **overrides: Any) -> "TrainConfig":
@@ -79,7 +84,7 @@ class TrainConfig:
         base = cls(
             iterations=a.iterations, batch_cameras=a.batch_cameras, seed=profile.seed,
             lr_prior=profile.deform.finetune_lr, checkpoint_every=a.checkpoint_every,
-            eval_every=a.eval_every,
+            eval_every=a.eval_every, bf16=a.bf16,
         )
         return replace(base, **overrides)
 
@@ -365,21 +370,28 @@ def train(
         bar = tqdm(total=cfg.iterations, initial=start, desc="avatar", leave=False)
     t0 = time.perf_counter()
     retain = bool(hooks.after_backward)
+    bf16 = cfg.bf16 and bf16_supported()
+    if cfg.bf16 and not bf16:
+        warnings.warn("TrainConfig.bf16: oneDNN has no bfloat16 products on this CPU (it needs AVX-512 "
+                      "or AMX); training in float32", stacklevel=2)
     try:
         for step in range(start, end):
             optimizers["means"].param_groups[0]["lr"] = means_lr(cfg, step)
             t, cams = sampler.draw(len(data), len(data.serials), cfg.batch_cameras)
             batch = data.batch(t, cams)
             try:
-                out = avatar.render(batch["z_exp"], batch["viewmats"], batch["Ks"], data.width, data.height,
-                                    with_features=hooks.image_head is not None, pose=batch["pose"])
+                with bf16_products(bf16):
+                    out = avatar.render(batch["z_exp"], batch["viewmats"], batch["Ks"], data.width,
+                                        data.height, with_features=hooks.image_head is not None,
+                                        pose=batch["pose"])
             except ValueError as err:  # the rasterizer refuses non-finite posed Gaussians
                 if "NaN or inf" not in str(err):
                     raise
                 raise TrainingDiverged(f"training diverged at step {step}: {err}; " + _where(last_good)) from None
             if retain:
                 out.meta["means2d"].retain_grad()
-            pred = hooks.image_head(out, batch) if hooks.image_head else out.colors
+            with bf16_products(bf16):
+                pred = hooks.image_head(out, batch) if hooks.image_head else out.colors
             loss, l1 = photometric_loss(pred, batch["image"], cfg.lambda_dssim)
             for name, fn in hooks.losses.items():
                 loss = loss + fn(avatar, out, batch, step)

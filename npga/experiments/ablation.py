@@ -524,6 +524,26 @@ def run(profile: Profile, seeds, variants, iterations: int | None = None, comman
     return final
 
 
+def avatar_overrides(profile: Profile, items: list[str]) -> dict:
+    """``--set FIELD=VALUE`` items as AvatarConfig overrides, each of its field's type."""
+    overrides = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not hasattr(profile.avatar, key):
+            raise SystemExit(f"--set {item}: AvatarConfig has no field {key!r}")
+        current = getattr(profile.avatar, key)
+        if isinstance(current, bool):  # bool("False") is True: parse the word
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"--set {item}: {key} is true or false, got {value!r}")
+            overrides[key] = value.lower() in ("true", "1")
+        else:
+            try:
+                overrides[key] = type(current)(value)
+            except ValueError:
+                raise SystemExit(f"--set {item}: {key} is a {type(current).__name__}, got {value!r}") from None
+    return overrides
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default=None)
@@ -560,12 +580,7 @@ def main(argv=None) -> None:
         return
     if P.device == "cpu":
         torch.set_num_threads(args.threads)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if not hasattr(P.avatar, key):
-            raise SystemExit(f"--set {item}: AvatarConfig has no field {key!r}")
-        overrides[key] = type(getattr(P.avatar, key))(value)
+    overrides = avatar_overrides(P, args.set)
     if overrides:
         P = with_overrides(P, avatar=overrides)
     variants = args.variants or list(POSE_VARIANTS if args.experiment == "pose" else VARIANTS)

@@ -19,11 +19,23 @@ sides are both >= 32; elsewhere (smaller sides, CUDA, ARM, float64,
 ``NPGA_ONEDNN_LINEAR=0``) it *is* ``F.linear``. Its backward is written with
 :func:`linear` again, so it can be differentiated any number of times (the eikonal term
 and the autograd Jacobian of F backpropagate through gradients).
+
+Inside :func:`bf16_products` (the trainer's ``TrainConfig.bf16``) the products run in
+bfloat16 instead: mixed-precision training as GPUs do it, for the CPU. A processor with
+AVX512_BF16 (or AMX) multiplies bfloat16 pairs at twice the float32 rate, and the
+activations that F's Jacobian, G and the CNN keep for the backward pass take half the
+memory traffic. The price is bfloat16's 8-bit mantissa, ~0.4 % relative error per product
+(F's positions to micrometres, its Jacobian to ~1e-4: tests/test_linear.py);
+``benchmarks/train_step.py`` records the speed and ``benchmarks/precision_fit.py`` the
+effect on held-out renders.
 """
 
 from __future__ import annotations
 
+import contextlib
 import platform
+from contextvars import ContextVar
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -68,11 +80,49 @@ def _dense_or_transposed(t: Tensor) -> bool:
     return t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous())
 
 
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
-    return (ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and x.dim() >= 2 and x.numel() > 0
+    return (ONEDNN and x.device.type == "cpu" and x.dtype in _DTYPES
+            and weight.dtype == x.dtype and x.dim() >= 2 and x.numel() > 0
             and weight.dim() == 2 and min(weight.shape) >= MIN_SIDE
             and (weight.numel() <= SMALL_WEIGHT or _dense_or_transposed(weight)))
+
+
+_BF16: ContextVar[bool] = ContextVar("npga_bf16_products", default=False)
+
+
+def bf16_supported() -> bool:
+    """Whether oneDNN has bfloat16 products on this CPU (x86 with AVX-512 or AMX; natively,
+    at twice the float32 rate, with AVX512_BF16 or AMX)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@contextlib.contextmanager
+def bf16_products(enabled: bool = True) -> Iterator[None]:
+    """Inside, :func:`linear` on CPU tensors (and :class:`npga.avatar.cnn.ScreenSpaceCNN`)
+    compute in bfloat16: inputs and weights are rounded to bfloat16 (8 bits of mantissa,
+    ~0.4 % relative), oneDNN multiplies them with float32 accumulation, and the result
+    is bfloat16. Parameters stay float32 and get float32 gradients (the rounding's
+    backward converts them back), as in mixed-precision training on a GPU. Nothing else
+    changes: this is a switch for :func:`linear` only, not ``torch.autocast``, which would
+    also round the Gaussians' posing and covariance products (``@``) and the SSIM's
+    convolutions, where 0.4 % of a metre is 4 mm."""
+    token = _BF16.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _BF16.reset(token)
+
+
+def bf16_products_enabled() -> bool:
+    return _BF16.get()
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -106,6 +156,9 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``: x (..., K), weight (M, K), bias (M,) -> (..., M)."""
+    if _BF16.get() and x.device.type == "cpu" and x.dtype in _DTYPES:
+        x, weight = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+        bias = None if bias is None else bias.to(torch.bfloat16)
     if _use_onednn(x, weight):
         return _OneDNNLinear.apply(x, weight, bias)
     return Fn.linear(x, weight, bias)
@@ -118,4 +171,4 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-__all__ = ["ENV", "ONEDNN", "Linear", "linear"]
+__all__ = ["ENV", "ONEDNN", "Linear", "bf16_products", "bf16_products_enabled", "bf16_supported", "linear"]
