@@ -80,12 +80,12 @@ def compare(profile: str, variant: str = "full", bf16: list[str] | None = None,
             rows[key] = {"values": {n: table[n][key]["values"] for n in groups},
                          "seeds": {n: table[n]["seeds"] for n in groups},
                          "difference": paired_difference(table, "bf16", "fp32", key)}
-    return {"profile": profile, "variant": variant, "tags": ["bf16", "fp32"], "records": groups, "rows": rows,
+    return {"profile": profile, "variant": variant, "records": groups, "rows": rows,
             "commands": [c for n in groups for c in commands[n]], "machine": machine_info()}
 
 
 def to_markdown(res: dict) -> str:
-    a, b = res["tags"]
+    a, b = res["records"]  # "bf16", "fp32"
     lines = [f"# Training precision, profile `{res['profile']}`: {a} against {b}", "",
              "Records: " + "; ".join(f"{n}: " + ", ".join(f"`ablation_{res['profile']}-{t}`" for t in ts)
                                     for n, ts in res["records"].items()), "",

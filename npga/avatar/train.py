@@ -379,18 +379,18 @@ def train(
             optimizers["means"].param_groups[0]["lr"] = means_lr(cfg, step)
             t, cams = sampler.draw(len(data), len(data.serials), cfg.batch_cameras)
             batch = data.batch(t, cams)
-            try:
-                with bf16_products(bf16):
+            with bf16_products(bf16):  # the render and the CNN; the loss stays float32
+                try:
                     out = avatar.render(batch["z_exp"], batch["viewmats"], batch["Ks"], data.width,
                                         data.height, with_features=hooks.image_head is not None,
                                         pose=batch["pose"])
-            except ValueError as err:  # the rasterizer refuses non-finite posed Gaussians
-                if "NaN or inf" not in str(err):
-                    raise
-                raise TrainingDiverged(f"training diverged at step {step}: {err}; " + _where(last_good)) from None
-            if retain:
-                out.meta["means2d"].retain_grad()
-            with bf16_products(bf16):
+                except ValueError as err:  # the rasterizer refuses non-finite posed Gaussians
+                    if "NaN or inf" not in str(err):
+                        raise
+                    raise TrainingDiverged(f"training diverged at step {step}: {err}; "
+                                           + _where(last_good)) from None
+                if retain:
+                    out.meta["means2d"].retain_grad()
                 pred = hooks.image_head(out, batch) if hooks.image_head else out.colors
             loss, l1 = photometric_loss(pred, batch["image"], cfg.lambda_dssim)
             for name, fn in hooks.losses.items():

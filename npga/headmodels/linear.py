@@ -46,11 +46,13 @@ from npga import env_switched_off
 ENV = "NPGA_ONEDNN_LINEAR"
 
 
+# ARM builds of PyTorch route oneDNN through other kernels: not measured
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
 def _onednn_available() -> bool:
-    if env_switched_off(ENV):
+    if env_switched_off(ENV) or not X86:
         return False
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False  # ARM builds of PyTorch route oneDNN through other kernels: not measured
     try:
         if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
             return False
@@ -96,7 +98,7 @@ _BF16: ContextVar[bool] = ContextVar("npga_bf16_products", default=False)
 def bf16_supported() -> bool:
     """Whether oneDNN has bfloat16 products on this CPU (x86 with AVX-512 or AMX; natively,
     at twice the float32 rate, with AVX512_BF16 or AMX)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not X86:
         return False
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
